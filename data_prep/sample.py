@@ -1,0 +1,63 @@
+"""The embedded default corpus: Python standard-library source, present on every installation.
+
+No network: the text comes from this interpreter's own stdlib directory, files sorted and cut
+at top-level definitions, so the corpus (and its tokenizer and shards) is reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from data_prep.mds import MdsOptions, build_mds
+from data_prep.sources import SourceOptions
+from data_prep.tokenizer import train_tokenizer
+
+SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "__pycache__",
+              "turtledemo", "ensurepip"}
+TOP_LEVEL = re.compile(r"\n(?=(?:async def|def|class) )")
+
+
+def stdlib_files() -> list[Path]:
+    """Sorted stdlib `.py` files, skipping test suites and vendored trees."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return sorted(p for p in root.rglob("*.py")
+                  if not SKIP_PARTS.intersection(p.relative_to(root).parts))
+
+
+def stdlib_documents(max_bytes: int) -> Iterator[str]:
+    """Cut each file into documents at top-level `def`/`class`, up to `max_bytes` of text."""
+    total = 0
+    for path in stdlib_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for doc in TOP_LEVEL.split(text):
+            if doc.strip():
+                yield doc
+                total += len(doc)
+                if total >= max_bytes:
+                    return
+
+
+def build_sample(out: str, vocab_size: int = 4096, max_bytes: int = 4_000_000, workers: int = 1,
+                 max_doc_tokens: int = 8192, val_fraction: float = 0.02, seed: int = 17,
+                 overwrite: bool = False, progress: bool = True) -> dict:
+    """Corpus -> tokenizer -> shards, in the same layout `mds` writes."""
+    with tempfile.TemporaryDirectory(prefix="flexbert-sample-") as tmp:
+        corpus = Path(tmp) / "stdlib.jsonl"
+        with corpus.open("w", encoding="utf-8") as fh:
+            for doc in stdlib_documents(max_bytes):
+                fh.write(json.dumps({"text": doc}) + "\n")
+        tok_dir = Path(tmp) / "tokenizer"
+        train_tokenizer((json.loads(line)["text"] for line in corpus.open(encoding="utf-8")),
+                        vocab_size, tok_dir)
+        opts = MdsOptions(tokenizer=str(tok_dir), out=out, max_doc_tokens=max_doc_tokens,
+                          val_fraction=val_fraction, workers=workers, seed=seed,
+                          overwrite=overwrite, progress=progress, source=SourceOptions())
+        return build_mds([str(corpus)], opts)

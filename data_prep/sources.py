@@ -1,0 +1,177 @@
+"""Turn source arguments (files, directories, jsonl, parquet, HF datasets) into a stream of documents.
+
+Every error names the file (and line) at fault, so a bad input in a large pile is easy to find.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from data_prep import DataPrepError
+
+BINARY_PROBE = 8192
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
+
+
+@dataclass
+class SourceOptions:
+    """How to read sources; shared by `tokenizer` and `mds`."""
+
+    text_field: str = "text"
+    glob: str = "**/*"
+    text_split: str = "file"  # file | line | paragraph: how a plain text file becomes documents
+    invalid_utf8: str = "replace"  # replace (and count) | error
+    hf_split: str = "train"
+    counters: Counter = field(default_factory=Counter)
+
+
+def iter_documents(sources: list[str], opts: SourceOptions) -> Iterator[str]:
+    """Yield documents from every source in order; files inside directories are sorted."""
+    for src in sources:
+        yield from _iter_source(src, opts)
+
+
+def _iter_source(src: str, opts: SourceOptions) -> Iterator[str]:
+    """Dispatch on what the source argument names."""
+    if src.startswith("hf:"):
+        yield from _iter_hf(src[3:], opts)
+        return
+    path = Path(src)
+    if not path.exists():
+        raise DataPrepError(f"{src}: no such file or directory")
+    if path.is_dir() and (path / "dataset_info.json").exists():
+        yield from _iter_hf_disk(path, opts)
+    elif path.is_dir():
+        files = sorted(p for p in path.glob(opts.glob) if p.is_file())
+        if not files:
+            raise DataPrepError(f"{src}: directory has no files matching {opts.glob!r}")
+        for f in files:
+            yield from _iter_file(f, opts)
+    else:
+        yield from _iter_file(path, opts)
+
+
+def _iter_file(path: Path, opts: SourceOptions) -> Iterator[str]:
+    """Pick the reader by suffix; anything unknown is plain text."""
+    name = path.name.lower()
+    if name.endswith(JSONL_SUFFIXES):
+        yield from _iter_jsonl(path, opts)
+    elif name.endswith(".parquet"):
+        yield from _iter_parquet(path, opts)
+    else:
+        yield from _iter_text(path, opts)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """Read a file, turning OS errors into messages that name it."""
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                return fh.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise DataPrepError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from exc
+
+
+def decode(raw: bytes, where: str, opts: SourceOptions) -> str:
+    """Decode UTF-8; bad bytes are replaced and counted, or refused, by `--invalid-utf8`."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if opts.invalid_utf8 == "error":
+            raise DataPrepError(f"{where}: invalid UTF-8 at byte {exc.start} "
+                                f"(use --invalid-utf8 replace to keep it)") from exc
+        opts.counters["invalid_utf8_docs"] += 1
+        return raw.decode("utf-8", errors="replace")
+
+
+def _iter_text(path: Path, opts: SourceOptions) -> Iterator[str]:
+    """Plain text: refuse binaries (NUL bytes), then split into documents."""
+    raw = _read_bytes(path)
+    if b"\x00" in raw[:BINARY_PROBE]:
+        raise DataPrepError(f"{path}: binary file (NUL bytes in the first {BINARY_PROBE} bytes), not text")
+    text = decode(raw, str(path), opts)
+    if opts.text_split == "file":
+        yield text
+    elif opts.text_split == "line":
+        yield from text.splitlines()
+    else:
+        yield from text.split("\n\n")
+
+
+def _iter_jsonl(path: Path, opts: SourceOptions) -> Iterator[str]:
+    """One JSON object per line; the document is `text_field`. Blank lines are ignored."""
+    raw = _read_bytes(path)
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(decode(line, where, opts))
+        except json.JSONDecodeError as exc:
+            raise DataPrepError(f"{where}: not valid JSON ({exc.msg})") from exc
+        yield _field(obj, opts.text_field, where)
+
+
+def _field(obj, name: str, where: str) -> str:
+    """Fetch the text field, with an error that says which field and where."""
+    if not isinstance(obj, dict) or name not in obj:
+        raise DataPrepError(f"{where}: missing text field {name!r} (set --text-field)")
+    value = obj[name]
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataPrepError(f"{where}: text field {name!r} is {type(value).__name__}, not a string")
+    return value
+
+
+def _iter_parquet(path: Path, opts: SourceOptions) -> Iterator[str]:
+    """Stream a parquet column in record batches so big files never sit in memory whole."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for corrupt files
+        raise DataPrepError(f"{path}: not a readable parquet file ({exc})") from exc
+    if opts.text_field not in pf.schema_arrow.names:
+        raise DataPrepError(f"{path}: missing text column {opts.text_field!r} "
+                            f"(columns: {', '.join(pf.schema_arrow.names)})")
+    for batch in pf.iter_batches(columns=[opts.text_field], batch_size=4096):
+        for value in batch.column(0).to_pylist():
+            yield value or ""
+
+
+def _iter_hf(spec: str, opts: SourceOptions) -> Iterator[str]:
+    """`hf:NAME` or `hf:NAME:CONFIG`, streamed with the `datasets` library (split from --hf-split)."""
+    import datasets
+
+    name, _, config = spec.partition(":")
+    try:
+        ds = datasets.load_dataset(name, config or None, split=opts.hf_split, streaming=True)
+    except Exception as exc:  # network, missing dataset, bad config: all need the name in the message
+        raise DataPrepError(f"hf:{spec}: cannot load dataset ({exc})") from exc
+    yield from _iter_rows(ds, f"hf:{spec}", opts)
+
+
+def _iter_hf_disk(path: Path, opts: SourceOptions) -> Iterator[str]:
+    """A directory written by `Dataset.save_to_disk` (or a DatasetDict: --hf-split picks one)."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:
+        raise DataPrepError(f"{path}: cannot load saved dataset ({exc})") from exc
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds[opts.hf_split]
+    yield from _iter_rows(ds, str(path), opts)
+
+
+def _iter_rows(ds, where: str, opts: SourceOptions) -> Iterator[str]:
+    """Rows of a `datasets` dataset; row numbers make a missing field easy to locate."""
+    for i, row in enumerate(ds):
+        yield _field(row, opts.text_field, f"{where} row {i}")

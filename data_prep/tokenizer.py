@@ -1,0 +1,109 @@
+"""Train and load ModernBERT-style byte-level BPE tokenizers in Hugging Face format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from data_prep import SPECIAL_TOKENS, DataPrepError
+
+VOCAB_MULTIPLE = 64
+
+
+def _roles() -> dict[str, str]:
+    """Special token per transformers role, so `tokenizer.cls_token_id` etc. resolve after loading."""
+    return {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+            "mask_token": "[MASK]", "unk_token": "[UNK]"}
+
+
+def check_vocab_size(vocab_size: int) -> None:
+    """Tensor-core friendly embedding tables need a multiple of 64; refuse anything else early."""
+    if vocab_size <= len(SPECIAL_TOKENS) + 256 or vocab_size % VOCAB_MULTIPLE:
+        raise DataPrepError(
+            f"--vocab-size {vocab_size}: must be a multiple of {VOCAB_MULTIPLE} and larger than "
+            f"{len(SPECIAL_TOKENS) + 256} (special tokens + byte alphabet)")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | os.PathLike) -> "object":
+    """Train byte-level BPE and save it so `AutoTokenizer.from_pretrained(out)` works.
+
+    The raw BPE vocabulary can come out short on small corpora; it is padded with unused
+    special tokens so the saved vocabulary is exactly `vocab_size` (a multiple of 64).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    check_vocab_size(vocab_size)
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    _pad_vocab(tok, vocab_size)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=8192, **_roles())
+    Path(out).mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out))
+    return fast
+
+
+def _pad_vocab(tok, vocab_size: int) -> None:
+    """Fill the vocabulary up to `vocab_size` with never-produced special tokens."""
+    missing = vocab_size - tok.get_vocab_size()
+    if missing > 0:
+        tok.add_special_tokens([f"[UNUSED{i}]" for i in range(missing)])
+
+
+def load_tokenizer(name_or_dir: str):
+    """Load a tokenizer from a local directory or the Hub and check the MLM special tokens exist."""
+    from transformers import AutoTokenizer
+
+    if not Path(name_or_dir).exists() and (name_or_dir.startswith((".", "/")) or os.sep in name_or_dir
+                                           and not _looks_like_hub_id(name_or_dir)):
+        raise DataPrepError(f"tokenizer {name_or_dir}: no such directory")
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_dir)
+    except Exception as exc:  # transformers raises many types; the user needs the path + cause
+        raise DataPrepError(f"tokenizer {name_or_dir}: cannot load ({exc})") from exc
+    check_special_tokens(tok, name_or_dir)
+    return tok
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """Hub ids are `owner/name`: exactly one slash and no path prefix."""
+    return name.count("/") == 1 and not name.startswith(("/", "."))
+
+
+def check_special_tokens(tok, where: str) -> None:
+    """MLM needs a mask token and CLS/SEP to frame documents; missing ones are a hard error."""
+    for role in ("mask_token", "cls_token", "sep_token", "pad_token"):
+        if getattr(tok, f"{role}_id", None) is None:
+            label = "[MASK]" if role == "mask_token" else role
+            raise DataPrepError(f"tokenizer {where}: has no {label} token ({role} is not set)")
+
+
+def special_ids(tok) -> dict[str, int]:
+    """The ids the loader needs, in a plain dict that pickles into worker processes."""
+    return {"cls": tok.cls_token_id, "sep": tok.sep_token_id, "pad": tok.pad_token_id,
+            "mask": tok.mask_token_id, "unk": tok.unk_token_id if tok.unk_token_id is not None else -1,
+            "vocab_size": len(tok), "all_special": sorted(_all_special_ids(tok))}
+
+
+def _all_special_ids(tok) -> set[int]:
+    """Every special or added token: none of these may be masked or drawn as a random replacement."""
+    ids = set(tok.all_special_ids)
+    ids.update(getattr(tok, "added_tokens_decoder", {}).keys())
+    return {int(i) for i in ids if i is not None}
+
+
+def iter_texts_for_training(docs: Iterator[str]) -> Iterator[str]:
+    """Hand tokenizer training non-empty documents only."""
+    for text in docs:
+        if text.strip():
+            yield text

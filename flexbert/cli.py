@@ -1,0 +1,97 @@
+"""The `flexbert` command: inspect components and move models between formats."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
+
+
+def command(name: str, help_text: str, add_args: Callable[[argparse.ArgumentParser], None]):
+    """Register a subcommand; other modules can add theirs the same way."""
+
+    def wrap(fn: Callable) -> Callable:
+        COMMANDS[name] = (help_text, add_args, fn)
+        return fn
+
+    return wrap
+
+
+def _no_args(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+@command("components", "list every registry and its entries", _no_args)
+def components(args: argparse.Namespace) -> int:
+    import flexbert.layers  # noqa: F401  (fills the registries)
+    from flexbert.registry import ALL
+
+    for family in sorted(ALL):
+        registry = ALL[family]
+        print(f"{family}  ({registry.contract})")
+        for name in registry.names():
+            print(f"  {name:<12} {registry.describe(name)}")
+        print()
+    return 0
+
+
+def _convert_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="source model directory (or hub name for from-hf)")
+    parser.add_argument("out", help="output directory")
+
+
+@command("from-hf", "transformers ModernBERT folder or hub name -> FlexBERT model directory",
+         _convert_args)
+def from_hf(args: argparse.Namespace) -> int:
+    from flexbert.hf import from_transformers, save_flexbert
+
+    out = save_flexbert(from_transformers(args.src), args.out)
+    print(f"wrote FlexBERT model to {out}")
+    return 0
+
+
+@command("to-hf", "FlexBERT model directory -> transformers ModernBERT folder", _convert_args)
+def to_hf(args: argparse.Namespace) -> int:
+    from flexbert.hf import load_flexbert, save_hf
+
+    out = save_hf(load_flexbert(args.src), args.out)
+    print(f"wrote Hugging Face ModernBERT folder to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_plugins()
+    parser = argparse.ArgumentParser(prog="flexbert", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_args, fn) in sorted(COMMANDS.items()):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(fn=fn)
+    return parser
+
+
+def _load_plugins() -> None:
+    """Import modules that register further subcommands (training, publishing, sweeps)."""
+    import importlib
+
+    for module in ("flexbert.train.commands",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"flexbert {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

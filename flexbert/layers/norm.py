@@ -1,0 +1,24 @@
+"""Normalisation layers by name."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from flexbert.config import NormConfig
+from flexbert.registry import new_registry
+
+NORMS = new_registry("norm", "entry(dim: int, cfg: NormConfig) -> nn.Module over the last dim")
+
+
+@NORMS.register("layernorm", "LayerNorm; `norm.bias: false` drops the bias (ModernBERT)")
+def layernorm(dim: int, cfg: NormConfig) -> nn.Module:
+    return nn.LayerNorm(dim, eps=cfg.eps, bias=cfg.bias)
+
+
+@NORMS.register("rmsnorm", "RMSNorm (scale only; `norm.bias` is ignored)")
+def rmsnorm(dim: int, cfg: NormConfig) -> nn.Module:
+    return nn.RMSNorm(dim, eps=cfg.eps)
+
+
+def build_norm(dim: int, cfg: NormConfig) -> nn.Module:
+    return NORMS.get(cfg.type, "model.norm.type")(dim, cfg)

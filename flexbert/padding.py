@@ -1,0 +1,177 @@
+"""The two batch layouts and the metadata attention kernels need for them.
+
+Callers hand the model padded rows (`input_ids` [B, S] + `attention_mask`, optionally several packed
+documents per row marked by `position_ids` or `cu_seqlens`) or a packed 1-D `input_ids` [T] with
+`cu_seqlens`. `describe_batch` reduces every form to one description: which flattened positions hold
+real tokens, and where each document starts. A padding strategy then picks the layout the encoder
+runs in: `padded` keeps [B, S, D]; `unpadded` drops pad tokens before the embeddings and runs on
+[T, D], so no FLOP is spent on padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from flexbert.registry import new_registry
+
+PADDINGS = new_registry(
+    "padding", "entry: object with `layout` ('padded' | 'unpadded'); the layout the encoder runs in"
+)
+
+
+@dataclass
+class Layout:
+    """One forward pass's token layout; built once, read by every layer.
+
+    Tensors named `_T` cover the real tokens in row-major order; `_L` tensors are in the layout
+    the encoder runs in ([B, S] for padded, [T] for unpadded).
+    """
+
+    layout: str
+    rows: int
+    row_len: int
+    flat_input: bool
+    indices_T: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    position_ids_L: torch.Tensor
+    doc_ids_L: torch.Tensor
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.indices_T.numel())
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.cu_seqlens.numel() - 1)
+
+    def to_layout(self, x_BS: torch.Tensor) -> torch.Tensor:
+        """Rows-shaped [B, S, ...] (or [T, ...] for packed input) -> this layout."""
+        if self.flat_input:
+            x_BS = x_BS.unsqueeze(0)
+        if self.layout == "padded":
+            return x_BS
+        return x_BS.flatten(0, 1)[self.indices_T]
+
+    def to_rows(self, x_L: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """This layout -> the caller's shape: [B, S, ...] or, for packed input, [T, ...]."""
+        if self.layout == "unpadded":
+            x_L = self._scatter(x_L, fill)
+        return x_L.squeeze(0) if self.flat_input else x_L
+
+    def from_tokens(self, x_T: torch.Tensor) -> torch.Tensor:
+        """Real tokens [T, ...] -> this layout (pads zero-filled in the padded layout)."""
+        return x_T if self.layout == "unpadded" else self._scatter(x_T, 0.0)
+
+    def _scatter(self, x_T: torch.Tensor, fill: float) -> torch.Tensor:
+        out = x_T.new_full((self.rows * self.row_len, *x_T.shape[1:]), fill)
+        return out.index_copy(0, self.indices_T, x_T).unflatten(0, (self.rows, self.row_len))
+
+    def to_tokens(self, x_L: torch.Tensor) -> torch.Tensor:
+        """This layout -> real tokens only, [T, ...] in row-major order."""
+        if self.layout == "unpadded":
+            return x_L
+        return x_L.flatten(0, 1)[self.indices_T]
+
+    def cached(self, key: Any, build: Any) -> Any:
+        """Per-forward cache for masks and block masks shared by all layers of one kind."""
+        if key not in self.cache:
+            self.cache[key] = build()
+        return self.cache[key]
+
+
+def describe_batch(
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    position_ids: Optional[torch.Tensor] = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    max_seqlen: Optional[int] = None,
+    layout: str = "unpadded",
+) -> Layout:
+    """Reduce any accepted input form to a `Layout` in the requested layout."""
+    flat_input = input_ids.dim() == 1
+    if flat_input:
+        if cu_seqlens is None:
+            raise ValueError("packed 1-D input_ids need cu_seqlens (document offsets)")
+        input_ids = input_ids.unsqueeze(0)
+        attention_mask = None
+        position_ids = position_ids.unsqueeze(0) if position_ids is not None else None
+    rows, row_len = input_ids.shape
+    device = input_ids.device
+    if attention_mask is None:
+        indices_T = torch.arange(rows * row_len, device=device)
+    else:
+        indices_T = attention_mask.flatten().nonzero().squeeze(1)
+    num_tokens = indices_T.numel()
+    if cu_seqlens is None:
+        cu_seqlens = _doc_offsets(attention_mask, position_ids, indices_T, rows, row_len)
+    cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int32)
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    if int(cu_seqlens[-1]) != num_tokens:
+        raise ValueError(f"cu_seqlens ends at {int(cu_seqlens[-1])} but the batch has "
+                         f"{num_tokens} real tokens")
+    if max_seqlen is None:
+        max_seqlen = int(lengths.max()) if lengths.numel() else 0
+    doc_ids_T = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)
+    if position_ids is None:
+        position_ids_T = torch.arange(num_tokens, device=device) - cu_seqlens[:-1].long()[doc_ids_T]
+    else:
+        position_ids_T = position_ids.flatten()[indices_T]
+    out = Layout(layout, rows, row_len, flat_input, indices_T, cu_seqlens, int(max_seqlen),
+                 position_ids_T, doc_ids_T)
+    if layout == "padded":
+        out.position_ids_L = out._scatter(position_ids_T, 0)
+        out.doc_ids_L = out._scatter(doc_ids_T, -1)
+    return out
+
+
+def _doc_offsets(attention_mask, position_ids, indices_T, rows, row_len) -> torch.Tensor:
+    """Document starts: where position ids restart at 0, else one document per row."""
+    device = indices_T.device
+    if position_ids is not None:
+        starts = (position_ids.flatten()[indices_T] == 0).nonzero().squeeze(1)
+        if starts.numel() == 0 or int(starts[0]) != 0:
+            starts = torch.cat([starts.new_zeros(1), starts[starts != 0]])
+    else:
+        per_row = (attention_mask.sum(1) if attention_mask is not None
+                   else torch.full((rows,), row_len, device=device))
+        starts = torch.cumsum(per_row, 0) - per_row
+        starts = starts[per_row > 0]
+    end = torch.tensor([indices_T.numel()], device=device)
+    return torch.cat([starts.to(end.dtype), end]).to(torch.int32)
+
+
+def doc_rows(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather map that lays each document of the [T] layout on its own row of max_seqlen.
+
+    Returns (flat index into [num_docs * max_seqlen] for every real token, key-valid mask
+    [num_docs, max_seqlen]). Lets dense kernels serve the unpadded layout.
+    """
+
+    def build():
+        cu = layout.cu_seqlens.long()
+        doc_ids = layout.doc_ids_L if layout.layout == "unpadded" else layout.doc_ids_L[layout.doc_ids_L >= 0]
+        offset = torch.arange(cu[-1], device=cu.device) - cu[:-1][doc_ids]
+        flat = doc_ids * layout.max_seqlen + offset
+        valid = torch.zeros(layout.num_docs * layout.max_seqlen, dtype=torch.bool, device=cu.device)
+        valid[flat] = True
+        return flat, valid.view(layout.num_docs, layout.max_seqlen)
+
+    return layout.cached("doc_rows", build)
+
+
+@dataclass(frozen=True)
+class PaddingStrategy:
+    layout: str
+
+
+PADDINGS.register("padded", "encoder runs on [B, S, D]; kernels mask padding, documents, window")(
+    PaddingStrategy("padded")
+)
+PADDINGS.register("unpadded", "pads removed before the embeddings; encoder runs on [T, D]")(
+    PaddingStrategy("unpadded")
+)

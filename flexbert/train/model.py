@@ -1,0 +1,94 @@
+"""The Composer face of FlexBertForMaskedLM: forward on a packed batch, loss, MLM metrics."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from composer.models import ComposerModel
+from torchmetrics import Metric
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "cu_seqlens", "max_seqlen", "labels")
+
+
+def masked_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pair logits with labels of masked tokens only, whether or not the model predicted sparsely.
+
+    Sparse logits are already [M, V] in row-major order of `labels != -100`, which is the order
+    boolean indexing of `labels` gives.
+    """
+    selected = labels != -100
+    targets = labels[selected]
+    if logits.shape[0] == targets.shape[0] and logits.dim() == 2:
+        return logits, targets
+    return logits.reshape(-1, logits.shape[-1])[selected.reshape(-1)], targets
+
+
+class MaskedTokenLoss(Metric):
+    """Cross-entropy summed over every masked token, divided by their count at compute time:
+    a per-token mean that does not overweight small batches, unlike a mean of batch means."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits, targets = masked_targets(logits, labels)
+        self.total += F.cross_entropy(logits.float(), targets, reduction="sum").double()
+        self.count += targets.numel()
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+class MaskedAccuracy(Metric):
+    """Share of masked tokens whose arg-max prediction is the original token."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits, targets = masked_targets(logits, labels)
+        self.correct += (logits.argmax(-1) == targets).sum()
+        self.count += targets.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.correct.float() / self.count.clamp(min=1).float()
+
+
+def _metrics() -> dict[str, Metric]:
+    return {"MaskedLoss": MaskedTokenLoss(), "MaskedAccuracy": MaskedAccuracy()}
+
+
+class ComposerFlexBertMLM(ComposerModel):
+    """Wraps FlexBertForMaskedLM; the model's loss is already the mean over masked tokens, and the
+    trainer weights microbatches by masked-token count (accumulate_train_batch_on_tokens)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.train_metrics = _metrics()
+        self.eval_metrics = _metrics()
+
+    def forward(self, batch: Mapping[str, Any]) -> Any:
+        return self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+
+    def loss(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+        return outputs.loss
+
+    def eval_forward(self, batch: Mapping[str, Any], outputs: Any = None) -> Any:
+        return outputs if outputs is not None else self.forward(batch)
+
+    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
+        return self.train_metrics if is_train else self.eval_metrics
+
+    def update_metric(self, batch: Mapping[str, Any], outputs: Any, metric: Metric) -> None:
+        metric.update(outputs.logits.detach(), batch["labels"])

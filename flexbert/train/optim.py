@@ -1,0 +1,74 @@
+"""Optimizers by name, with ModernBERT's parameter groups (no weight decay on norms and biases).
+
+Weight decay is *decoupled* everywhere: the step shrinks weights by `weight_decay * lr / peak_lr`,
+so 1e-5 means the same thing at any learning rate (Loshchilov & Hutter; Composer's DecoupledAdamW,
+optimi's `decouple_lr`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from flexbert.registry import new_registry
+
+OPTIMIZERS = new_registry(
+    "optimizer",
+    "fn(param_groups, lr, betas, eps, weight_decay, **extra) -> torch.optim.Optimizer; "
+    "weight decay must be decoupled from the LR",
+)
+
+
+@OPTIMIZERS.register("stable_adamw")
+def stable_adamw(groups: list[dict], lr: float, betas: Iterable[float], eps: float,
+                 weight_decay: float, **extra: Any) -> torch.optim.Optimizer:
+    """torch-optimi StableAdamW (AdamW + per-tensor update clipping), ModernBERT's optimizer."""
+    from optimi import StableAdamW
+
+    return StableAdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                       decouple_lr=True, max_lr=lr, **extra)
+
+
+@OPTIMIZERS.register("decoupled_adamw")
+def decoupled_adamw(groups: list[dict], lr: float, betas: Iterable[float], eps: float,
+                    weight_decay: float, **extra: Any) -> torch.optim.Optimizer:
+    """Composer's AdamW with weight decay scaled by the schedule, not by the LR."""
+    from composer.optim import DecoupledAdamW
+
+    return DecoupledAdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                          **extra)
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norms_and_biases: bool = False,
+                 decay_embeddings: bool = True) -> list[dict]:
+    """Split parameters into a decayed and an undecayed group.
+
+    Norm weights and biases are the 1-D parameters; decaying them only pulls LayerNorm gains to
+    zero. Embeddings (and the decoder tied to them) are decayed unless `decay_embeddings` is off.
+    """
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for param in model.parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        skip = (param.ndim < 2 and not decay_norms_and_biases) or (
+            id(param) in embedding_ids and not decay_embeddings)
+        (no_decay if skip else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    """`cfg` is an OptimizerConfig; `cfg.name` is resolved in the OPTIMIZERS registry."""
+    factory = OPTIMIZERS.get(cfg.name, "optimizer.name")
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norms_and_biases,
+                          cfg.decay_embeddings)
+    extra = dict(cfg.extra or {})
+    return factory(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                   weight_decay=cfg.weight_decay, **extra)

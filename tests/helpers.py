@@ -1,0 +1,44 @@
+"""Small builders shared by the model tests (tiny dims so the CPU suite stays fast)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from flexbert.config import ModelConfig, model_config
+
+TINY: dict[str, Any] = dict(
+    vocab_size=128, hidden_size=32, num_layers=3, max_position_embeddings=256,
+    pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2,
+    mask_token_id=3, sparse_prediction=False,
+    attention=dict(num_heads=4, global_every_n_layers=2, local_window=6, kernel="sdpa"),
+    position=dict(global_theta=160000.0, local_theta=10000.0),
+    mlp=dict(intermediate_size=48),
+)
+
+
+def tiny_config(**overrides: Any) -> ModelConfig:
+    """TINY with dotted-key overrides, e.g. tiny_config(**{"attention.kernel": "flex"})."""
+    cfg = OmegaConf.create(TINY)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    return model_config(cfg, source="test")
+
+
+def mixed_batch(lengths: list[int], vocab: int = 128, seed: int = 0):
+    """Right-padded input_ids and attention_mask with the given real lengths."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(4, vocab, (len(lengths), width), generator=gen)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def copy_model(cls, src: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    model = cls(cfg)
+    model.load_state_dict(src.state_dict())
+    return model

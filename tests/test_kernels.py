@@ -1,0 +1,116 @@
+"""Every kernel that runs here matches the sdpa reference on outputs and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flexbert.layers import KERNELS
+from flexbert.model import FlexBertForMaskedLM
+from flexbert.padding import describe_batch
+from tests.helpers import copy_model, mixed_batch, tiny_config
+
+CPU_KERNELS = ["flex"]
+
+
+def _qkv(tokens: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(tokens, 4, 8, generator=gen, requires_grad=True) for _ in range(3)]
+
+
+def _packed_layout(layout: str):
+    # Three rows, several documents per row (position ids restart), pads at the row ends.
+    mask = torch.tensor([[1] * 20 + [0] * 4, [1] * 24, [1] * 7 + [0] * 17])
+    positions = torch.tensor([list(range(12)) + list(range(8)) + [0] * 4,
+                              list(range(5)) + list(range(19)),
+                              list(range(7)) + [0] * 17])
+    ids = torch.ones_like(mask)
+    return describe_batch(ids, mask, positions, layout=layout), mask
+
+
+def _attend(kernel, layout, mask, window):
+    q, k, v = _qkv(int(mask.sum()))
+    args = [layout.from_tokens(x) for x in (q, k, v)]
+    out = KERNELS.get(kernel)(*args, layout, window, 0.0)
+    out = layout.to_tokens(out)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return out.detach(), [x.grad for x in (q, k, v)]
+
+
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("layout_name", ["padded", "unpadded"])
+@pytest.mark.parametrize("kernel", CPU_KERNELS)
+def test_kernel_matches_reference_on_packed_batches(kernel, layout_name, window):
+    layout, mask = _packed_layout(layout_name)
+    ref_out, ref_grads = _attend("sdpa", _packed_layout("padded")[0], mask, window)
+    out, grads = _attend(kernel, layout, mask, window)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_sdpa_unpadded_equals_sdpa_padded():
+    ref_out, ref_grads = _attend("sdpa", _packed_layout("padded")[0], _packed_layout("padded")[1], 3)
+    out, grads = _attend("sdpa", *_packed_layout("unpadded"), 3)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(grads[0], ref_grads[0], atol=1e-5, rtol=0)
+
+
+def test_documents_do_not_see_each_other():
+    """Changing one document's values must leave the other documents' outputs untouched."""
+    layout, mask = _packed_layout("unpadded")
+    q, k, v = (x.detach() for x in _qkv(int(mask.sum())))
+    before = KERNELS.get("flex")(q, k, v, layout, None, 0.0)
+    v2 = v.clone()
+    v2[12:20] += 5.0  # the second document of row 0
+    after = KERNELS.get("flex")(q, k, v2, layout, None, 0.0)
+    unchanged = torch.ones(len(v), dtype=torch.bool)
+    unchanged[12:20] = False
+    torch.testing.assert_close(after[unchanged], before[unchanged])
+    assert not torch.allclose(after[12:20], before[12:20])
+
+
+@pytest.mark.parametrize("padding", ["padded", "unpadded"])
+def test_flex_model_matches_sdpa_model(padding):
+    torch.manual_seed(0)
+    ref = FlexBertForMaskedLM(tiny_config(padding=padding))
+    flex = copy_model(FlexBertForMaskedLM, ref, tiny_config(padding=padding,
+                                                            **{"attention.kernel": "flex"}))
+    ids, mask = mixed_batch([19, 4, 12])
+    real = mask.bool()
+    out_r, out_f = ref(ids, mask).logits, flex(ids, mask).logits
+    torch.testing.assert_close(out_f[real], out_r[real], atol=1e-5, rtol=0)
+    out_r[real].pow(2).mean().backward()
+    out_f[real].pow(2).mean().backward()
+    for (name, p_r), p_f in zip(ref.named_parameters(), flex.parameters()):
+        torch.testing.assert_close(p_f.grad, p_r.grad, atol=1e-5, rtol=0, msg=name)
+
+
+def test_unavailable_kernel_fails_clearly():
+    if KERNELS.get("flash_attn").available() is None:
+        pytest.skip("flash-attn is usable here")
+    with pytest.raises(RuntimeError, match="model.attention.kernel='flash_attn' cannot run here"):
+        FlexBertForMaskedLM(tiny_config(**{"attention.kernel": "flash_attn"}))
+
+
+def _gpu_model(kernel: str, dtype=torch.float32, **overrides):
+    torch.manual_seed(0)
+    ref = FlexBertForMaskedLM(tiny_config(**overrides)).cuda().to(dtype)
+    other = copy_model(FlexBertForMaskedLM, ref, tiny_config(**{"attention.kernel": kernel},
+                                                             **overrides)).cuda().to(dtype)
+    return ref, other
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["flex", "flash_attn", "varlen_attn"])
+def test_gpu_kernels_match_reference_bf16(kernel):
+    reason = KERNELS.get(kernel).available()
+    if reason:
+        pytest.skip(reason)
+    overrides = {"attention.local_window": 0} if kernel == "varlen_attn" else {}
+    ref, other = _gpu_model(kernel, torch.bfloat16, **overrides)
+    ids, mask = (t.cuda() for t in mixed_batch([130, 64, 257]))
+    real = mask.bool()
+    with torch.no_grad():
+        diff = (ref(ids, mask).logits[real].float() - other(ids, mask).logits[real].float()).abs()
+    assert diff.max() < 5e-2
