@@ -7,6 +7,7 @@ so every error names the config path before anything is built.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -135,8 +136,15 @@ def structured(schema: type, data: Any, source: str, prefix: str = "") -> Any:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or ""
         path = ".".join(p for p in (prefix, str(key)) if p)
-        raise ConfigError(f"{source}: {path}: {_first_line(err)}") from None
+        raise ConfigError(f"{source}: {path}: {_first_line(err)}{_allowed_keys(err)}") from None
     return merged
+
+
+def _allowed_keys(err: OmegaConfBaseException) -> str:
+    schema = getattr(err, "object_type", None)
+    if not dataclasses.is_dataclass(schema) or "not in" not in str(err):
+        return ""
+    return "; allowed keys: " + ", ".join(f.name for f in dataclasses.fields(schema))
 
 
 def _first_line(err: Exception) -> str:
