@@ -107,8 +107,7 @@ def test_gpu_kernels_match_reference_bf16(kernel):
     reason = KERNELS.get(kernel).available()
     if reason:
         pytest.skip(reason)
-    overrides = {"attention.local_window": 0} if kernel == "varlen_attn" else {}
-    ref, other = _gpu_model(kernel, torch.bfloat16, **overrides)
+    ref, other = _gpu_model(kernel, torch.bfloat16)
     ids, mask = (t.cuda() for t in mixed_batch([130, 64, 257]))
     real = mask.bool()
     with torch.no_grad():

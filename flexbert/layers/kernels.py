@@ -8,6 +8,7 @@ global attention. Documents never attend across each other, whatever the layout.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -120,8 +121,6 @@ def _block_mask(layout: Layout, window: Optional[int]):
 
 def flex(q, k, v, layout: Layout, window: Optional[int], dropout_p: float) -> torch.Tensor:
     """FlexAttention: document + sliding-window block mask; skips blocks no query can see."""
-    from torch.nn.attention.flex_attention import flex_attention
-
     block_mask = _block_mask(layout, window)
     if layout.layout == "unpadded":
         q, k, v = (x.unsqueeze(0) for x in (q, k, v))
@@ -130,18 +129,14 @@ def flex(q, k, v, layout: Layout, window: Optional[int], dropout_p: float) -> to
     return out.squeeze(0) if layout.layout == "unpadded" else out
 
 
-_COMPILED_FLEX: list = []
-
-
+@functools.lru_cache(maxsize=None)
 def _flex_fn():
     """Compiled flex_attention on CUDA (the fast path); the eager reference elsewhere."""
     from torch.nn.attention.flex_attention import flex_attention
 
     if not torch.cuda.is_available():
         return flex_attention
-    if not _COMPILED_FLEX:
-        _COMPILED_FLEX.append(torch.compile(flex_attention, dynamic=False))
-    return _COMPILED_FLEX[0]
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def _flex_available() -> Optional[str]:
@@ -179,14 +174,18 @@ KERNELS.register("flash_attn", "flash-attn varlen (GPU, optional package); unpad
 
 
 def varlen_attn(q, k, v, layout: Layout, window: Optional[int], dropout_p: float) -> torch.Tensor:
-    """torch's own varlen attention (torch >= 2.10); global attention only."""
+    """torch's own varlen attention (torch >= 2.10); sliding window where torch has `window_size`."""
+    import inspect
+
     from torch.nn.attention.varlen import varlen_attn as torch_varlen
 
-    if window is not None:
-        raise ValueError("varlen_attn has no sliding window; set model.attention.local_window: 0 "
-                         "or use the flex or flash_attn kernel")
-    cu = layout.cu_seqlens
-    return torch_varlen(q, k, v, cu, cu, layout.max_seqlen, layout.max_seqlen, is_causal=False)
+    cu, longest = layout.cu_seqlens, layout.max_seqlen
+    if window is None:
+        return torch_varlen(q, k, v, cu, cu, longest, longest)
+    if "window_size" not in inspect.signature(torch_varlen).parameters:
+        raise ValueError(f"torch {torch.__version__}'s varlen_attn has no sliding window; set "
+                         "model.attention.local_window: 0 or use the flex or flash_attn kernel")
+    return torch_varlen(q, k, v, cu, cu, longest, longest, window_size=(window, window))
 
 
 def _varlen_available() -> Optional[str]:
@@ -197,7 +196,7 @@ def _varlen_available() -> Optional[str]:
     return None
 
 
-KERNELS.register("varlen_attn", "torch.nn.attention.varlen (torch >= 2.10, GPU); global only")(
+KERNELS.register("varlen_attn", "torch.nn.attention.varlen (torch >= 2.10, GPU); unpadded only")(
     KernelSpec(varlen_attn, frozenset({"unpadded"}), supports_dropout=False,
                available=_varlen_available)
 )
