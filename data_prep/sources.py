@@ -44,7 +44,7 @@ def _iter_source(src: str, opts: SourceOptions) -> Iterator[str]:
     path = Path(src)
     if not path.exists():
         raise DataPrepError(f"{src}: no such file or directory")
-    if path.is_dir() and (path / "dataset_info.json").exists():
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         yield from _iter_hf_disk(path, opts)
     elif path.is_dir():
         files = sorted(p for p in path.glob(opts.glob) if p.is_file())

@@ -27,3 +27,47 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+# --- data fixtures (flexbert.data / data_prep) ----------------------------------------------------
+
+def make_documents(n_docs: int, seed: int = 0, min_words: int = 3, max_words: int = 400) -> list[str]:
+    """Deterministic documents of varied length from a small vocabulary of made-up words."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 8)))
+             for _ in range(300)]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(min_words, max_words))) + "."
+            for _ in range(n_docs)]
+
+
+def write_jsonl(path: Path, docs: list[str], field: str = "text") -> Path:
+    import json
+
+    path.write_text("".join(json.dumps({field: d}) + "\n" for d in docs), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_tokenizer(tmp_path_factory) -> Path:
+    """A 512-token byte-level BPE trained on synthetic text (seconds, offline)."""
+    from data_prep.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    train_tokenizer(make_documents(300, seed=1), 512, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_corpus(tmp_path_factory, data_tokenizer) -> tuple[Path, list[str]]:
+    """A data_prep output dir (train/ val/ stats.json tokenizer/) and the documents it holds."""
+    from data_prep.mds import MdsOptions, build_mds
+
+    root = tmp_path_factory.mktemp("corpus")
+    docs = make_documents(1200, seed=2)
+    src = write_jsonl(root / "docs.jsonl", docs)
+    build_mds([str(src)], MdsOptions(tokenizer=str(data_tokenizer), out=str(root / "mds"),
+                                     max_doc_tokens=512, val_fraction=0.1, progress=False,
+                                     shard_size=1 << 16))
+    return root / "mds", docs

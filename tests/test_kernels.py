@@ -113,3 +113,51 @@ def test_gpu_kernels_match_reference_bf16(kernel):
     with torch.no_grad():
         diff = (ref(ids, mask).logits[real].float() - other(ids, mask).logits[real].float()).abs()
     assert diff.max() < 5e-2
+
+
+def _layouts_for(lengths: list[int]):
+    """The same documents as padded rows (one per row: the dense reference) and packed [T]."""
+    ids, mask = mixed_batch(lengths)
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    flat = torch.ones(sum(lengths), dtype=torch.long)
+    return describe_batch(ids, mask, layout="padded"), describe_batch(flat, cu_seqlens=cu), mask
+
+
+# Documents shorter and longer than a block, equal lengths (an unmasked length group), singletons.
+DOC_LENGTHS = [[1, 5, 70, 33, 130, 64, 64, 2, 97], [64, 64, 64], [300]]
+
+
+@pytest.mark.parametrize("window", [None, 3, 20, 40, 64, 200])
+@pytest.mark.parametrize("lengths", DOC_LENGTHS)
+def test_sdpa_unpadded_paths_match_dense_reference(lengths, window):
+    """Unpadded sdpa (windowed blocks for local layers, length groups for global ones) computes
+    exactly what the dense padded mask does: outputs and q, k, v gradients."""
+    padded, unpadded, mask = _layouts_for(lengths)
+    ref_out, ref_grads = _attend("sdpa", padded, mask, window)
+    out, grads = _attend("sdpa", unpadded, mask, window)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_sdpa_unpadded_on_packed_rows_matches_reference(window):
+    """Several documents per row (position ids restart) and pads: all three gradients agree."""
+    ref_out, ref_grads = _attend("sdpa", *_packed_layout("padded"), window)
+    out, grads = _attend("sdpa", *_packed_layout("unpadded"), window)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_sdpa_local_blocks_keep_documents_apart():
+    layout = _layouts_for([70, 33, 130])[1]
+    q, k, v = (x.detach() for x in _qkv(233))
+    before = KERNELS.get("sdpa")(q, k, v, layout, 20, 0.0)
+    v2 = v.clone()
+    v2[70:103] += 5.0  # the second document
+    after = KERNELS.get("sdpa")(q, k, v2, layout, 20, 0.0)
+    unchanged = torch.ones(len(v), dtype=torch.bool)
+    unchanged[70:103] = False
+    torch.testing.assert_close(after[unchanged], before[unchanged])
+    assert not torch.allclose(after[70:103], before[70:103])

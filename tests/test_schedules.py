@@ -12,7 +12,7 @@ from flexbert.train.schedules import (SCHEDULERS, ConstantWithWarmup, OneMinusSq
 
 
 def make_state(max_duration: str) -> State:
-    return State(model=torch.nn.Linear(1, 1), run_name="sched", device=DeviceCPU(),
+    return State(model=torch.nn.Linear(1, 1), run_name="sched", device=DeviceCPU(), rank_zero_seed=0,
                  max_duration=max_duration)
 
 

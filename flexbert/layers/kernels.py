@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from flexbert.padding import Layout, doc_rows
+from flexbert.padding import Layout
 from flexbert.registry import new_registry
 
 KERNELS = new_registry(
@@ -61,40 +61,124 @@ def _padded_mask(layout: Layout, window: Optional[int]) -> torch.Tensor:
     return layout.cached(("dense_mask", window), build)
 
 
-def _doc_row_mask(layout: Layout, window: Optional[int]) -> torch.Tensor:
-    """[N, 1, L, L] for documents laid one per row; the diagonal keeps pad queries finite."""
-
-    def build():
-        _, valid = doc_rows(layout)
-        pos = torch.arange(layout.max_seqlen, device=valid.device)
-        allowed = valid[:, None, :] & _allowed(pos[:, None], pos[None, :], 0, 0, window)
-        return (allowed | torch.eye(layout.max_seqlen, dtype=torch.bool, device=valid.device)).unsqueeze(1)
-
-    return layout.cached(("doc_row_mask", window), build)
-
-
-def _to_doc_rows(x_T: torch.Tensor, layout: Layout) -> torch.Tensor:
-    flat, _ = doc_rows(layout)
-    rows = x_T.new_zeros(layout.num_docs * layout.max_seqlen, *x_T.shape[1:])
-    return rows.index_copy(0, flat, x_T).unflatten(0, (layout.num_docs, layout.max_seqlen))
-
-
 def sdpa(q, k, v, layout: Layout, window: Optional[int], dropout_p: float) -> torch.Tensor:
-    """torch's scaled_dot_product_attention with a dense boolean mask (the reference kernel)."""
+    """torch's scaled_dot_product_attention; the CPU reference and the CPU fast path.
+
+    Padded layout: one dense [B, 1, S, S] mask (padding, documents, window). Unpadded layout:
+    local layers attend in blocks to the neighbouring keys only (O(T x window), see
+    `_sdpa_local_blocks`); global layers batch documents of similar length together without
+    masks where lengths match (`_sdpa_length_groups`), so no FLOP goes to other documents and
+    little to padding.
+    """
     if layout.layout == "padded":
         mask = _padded_mask(layout, window)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
             dropout_p=dropout_p)
         return out.transpose(1, 2)
-    q_N, k_N, v_N = (_to_doc_rows(x, layout).transpose(1, 2) for x in (q, k, v))
-    out = F.scaled_dot_product_attention(q_N, k_N, v_N, attn_mask=_doc_row_mask(layout, window),
-                                         dropout_p=dropout_p)
-    flat, _ = doc_rows(layout)
-    return out.transpose(1, 2).flatten(0, 1)[flat]
+    if window is not None and window < layout.max_seqlen - 1:
+        return _sdpa_local_blocks(q, k, v, layout, window, dropout_p)
+    return _sdpa_length_groups(q, k, v, layout, dropout_p)  # the window spans every document
 
 
-KERNELS.register("sdpa", "torch SDPA with dense masks; both layouts; the CPU reference")(
+def _block_size(window: int) -> int:
+    # Queries in blocks of `window` see 3 * window keys: ~2/3 of them inside the window, and blocks
+    # big enough for SDPA's tiles. Tiny windows (tests) still get blocks of 32.
+    return max(window, 32)
+
+
+def _local_block_mask(layout: Layout, window: int) -> torch.Tensor:
+    """[nB, 1, B, B + 2w] boolean: same document and |i - j| <= w, over the flat [T] tokens.
+
+    Documents are contiguous in [T], so flat distance is position distance. Pads (past T and before
+    0) form document -1: they see each other and no real token, so no row is empty.
+    """
+
+    def build():
+        doc = layout.doc_ids_L
+        T, B, w = doc.numel(), _block_size(window), window
+        nB = -(-T // B)
+        doc_q = F.pad(doc, (0, nB * B - T), value=-1).view(nB, B)
+        doc_k = F.pad(doc, (w, nB * B - T + w), value=-1).unfold(0, B + 2 * w, B)
+        pos = torch.arange(nB * B + 2 * w, device=doc.device) - w
+        pos_q = pos[w:w + nB * B].view(nB, B)
+        pos_k = pos.unfold(0, B + 2 * w, B)
+        near = (pos_q[:, :, None] - pos_k[:, None, :]).abs() <= w
+        return ((doc_q[:, :, None] == doc_k[:, None, :]) & near).unsqueeze(1)
+
+    return layout.cached(("local_block_mask", window), build)
+
+
+def _sdpa_local_blocks(q, k, v, layout: Layout, window: int, dropout_p: float) -> torch.Tensor:
+    """Sliding-window attention on [T, H, Dh]: block i of B queries attends to the B + 2w keys
+    around it (strided views, no copies of k and v per block), masked to window and document."""
+    T, B, w = q.shape[0], _block_size(window), window
+    nB = -(-T // B)
+    mask = _local_block_mask(layout, window)
+    q_B = F.pad(q, (0, 0, 0, 0, 0, nB * B - T)).view(nB, B, *q.shape[1:]).transpose(1, 2)
+    k_B, v_B = (F.pad(x, (0, 0, 0, 0, w, nB * B - T + w)).unfold(0, B + 2 * w, B).permute(0, 1, 3, 2)
+                for x in (k, v))
+    out = F.scaled_dot_product_attention(q_B, k_B, v_B, attn_mask=mask, dropout_p=dropout_p)
+    return out.transpose(1, 2).reshape(nB * B, *q.shape[1:])[:T]
+
+
+# Documents whose lengths differ by at most this factor share one SDPA call (padded to the longest).
+_GROUP_RATIO = 1.15
+
+
+def _length_groups(layout: Layout):
+    """Documents sorted by length and cut into groups of similar length (host-side, once per
+    forward): per group the gather index [n, L] into [T] (pads repeat the document's first token),
+    a key-padding mask [n, 1, 1, L] or None when lengths are equal, and where real outputs sit."""
+
+    def build():
+        cu = layout.cu_seqlens.tolist()
+        lengths = [b - a for a, b in zip(cu[:-1], cu[1:])]
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        groups, current = [], []
+        for d in order:
+            if current and lengths[d] > _GROUP_RATIO * lengths[current[0]]:
+                groups.append(current)
+                current = []
+            current.append(d)
+        if current:
+            groups.append(current)
+        device = layout.cu_seqlens.device
+        plans, sources = [], []
+        for docs in groups:
+            longest = lengths[docs[-1]]
+            offs = torch.arange(longest, device=device)
+            starts = torch.tensor([cu[d] for d in docs], device=device)
+            lens = torch.tensor([lengths[d] for d in docs], device=device)
+            valid = offs[None, :] < lens[:, None]
+            gather = starts[:, None] + torch.where(valid, offs[None, :], 0)
+            mask = None if lengths[docs[0]] == longest else valid[:, None, None, :]
+            keep = valid.flatten().nonzero().squeeze(1) if mask is not None else None
+            plans.append((gather.flatten(), len(docs), longest, mask, keep))
+            sources.append(gather[valid])
+        # out_T[t] = cat(group outputs)[inverse[t]]
+        inverse = torch.argsort(torch.cat(sources))
+        return plans, inverse
+
+    return layout.cached("length_groups", build)
+
+
+def _sdpa_length_groups(q, k, v, layout: Layout, dropout_p: float) -> torch.Tensor:
+    """Attention within documents on [T, H, Dh]: one SDPA call per group of similar lengths."""
+    plans, inverse = _length_groups(layout)
+    outs = []
+    for gather, n, longest, key_mask, keep in plans:
+        q_N, k_N, v_N = (x.index_select(0, gather).view(n, longest, *x.shape[1:]).transpose(1, 2)
+                         for x in (q, k, v))
+        out = F.scaled_dot_product_attention(q_N, k_N, v_N, attn_mask=key_mask, dropout_p=dropout_p)
+        out = out.transpose(1, 2).reshape(n * longest, *q.shape[1:])
+        outs.append(out if keep is None else out.index_select(0, keep))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return out.index_select(0, inverse)
+
+
+KERNELS.register("sdpa", "torch SDPA; both layouts; the CPU reference (dense masks when padded; "
+                         "windowed blocks and length groups when unpadded)")(
     KernelSpec(sdpa, frozenset({"padded", "unpadded"}))
 )
 

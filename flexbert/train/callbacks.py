@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections import deque
 from typing import Any, Callable, Optional
 
@@ -78,18 +79,39 @@ class Throughput(Callback):
 class PackingEfficiency(Callback):
     """Real tokens over row capacity for this rank's batch: how much compute padding wastes."""
 
-    def __init__(self, num_tokens: Callable[[Any], int], capacity: Callable[[Any], int]):
-        self.num_tokens = num_tokens
-        self.capacity = capacity
+    def __init__(self, efficiency: Callable[[Any], float]):
+        self.efficiency = efficiency
 
     def after_dataloader(self, state: State, logger: Logger) -> None:
-        capacity = self.capacity(state.batch)
-        if capacity > 0:
-            logger.log_metrics({"data/packing_efficiency": self.num_tokens(state.batch) / capacity})
+        logger.log_metrics({"data/packing_efficiency": float(self.efficiency(state.batch))})
+
+
+class GradNorm(Callback):
+    """Global L2 norm of the gradient before clipping. Gradients accumulate over microbatches,
+    so the norm taken after the last backward is the step's; Composer's clipping runs later (at
+    AFTER_TRAIN_BATCH). Under FSDP each rank holds a shard, so squares are summed over ranks."""
+
+    def __init__(self) -> None:
+        self.last: Optional[torch.Tensor] = None
+
+    def after_backward(self, state: State, logger: Logger) -> None:
+        grads = [p.grad.detach().float() for p in state.model.parameters() if p.grad is not None]
+        if grads:
+            self.last = torch.stack([g.pow(2).sum() for g in grads]).sum()
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        if self.last is None:
+            return
+        squares = self.last
+        if state.fsdp_enabled:
+            dist.all_reduce(squares, reduce_operation="SUM")
+        logger.log_metrics({"l2_norm/grad/global": float(squares.sqrt())})
+        self.last = None
 
 
 class MetricsJSONL(LoggerDestination):
-    """One JSON object per training step in `path` (rank 0): step, tokens, loss, lr, then every
+    """One JSON object per training step in `path` (rank 0): step, tokens, loss, lr, time (unix
+    seconds), then every
     other metric logged during that step under its Composer name. Eval metrics join the step they
     ran after. Appends, so a resumed run continues the same file (a step redone after a crash
     appears twice; the later line is the one that counts)."""
@@ -121,7 +143,7 @@ class MetricsJSONL(LoggerDestination):
             return
         lr = next((v for k, v in sorted(self.pending.items()) if k.startswith("lr-")), None)
         row = {"step": int(state.timestamp.batch), "tokens": int(state.timestamp.token),
-               "loss": self.pending["loss/train/total"], "lr": lr}
+               "loss": self.pending["loss/train/total"], "lr": lr, "time": time.time()}
         row.update({k: v for k, v in self.pending.items() if not k.startswith("time/")})
         self.pending.clear()
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)

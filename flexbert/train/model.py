@@ -72,10 +72,10 @@ class ComposerFlexBertMLM(ComposerModel):
     """Wraps FlexBertForMaskedLM; the model's loss is already the mean over masked tokens, and the
     trainer weights microbatches by masked-token count (accumulate_train_batch_on_tokens)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, train_metrics: bool = True):
         super().__init__()
         self.model = model
-        self.train_metrics = _metrics()
+        self.train_metrics = _metrics() if train_metrics else {}
         self.eval_metrics = _metrics()
 
     def forward(self, batch: Mapping[str, Any]) -> Any:

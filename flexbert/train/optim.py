@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import torch
+from composer.core import Callback, State
+from composer.loggers import Logger
 from torch import nn
 
 from flexbert.registry import new_registry
@@ -27,6 +29,8 @@ def stable_adamw(groups: list[dict], lr: float, betas: Iterable[float], eps: flo
     """torch-optimi StableAdamW (AdamW + per-tensor update clipping), ModernBERT's optimizer."""
     from optimi import StableAdamW
 
+    if not torch.cuda.is_available():
+        extra.setdefault("triton", False)  # optimi would pick its Triton kernel, which needs a GPU
     return StableAdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                        decouple_lr=True, max_lr=lr, **extra)
 
@@ -72,3 +76,30 @@ def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
     extra = dict(cfg.extra or {})
     return factory(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                    weight_decay=cfg.weight_decay, **extra)
+
+
+class ApplyOptimizerConfig(Callback):
+    """Make the recipe, not the checkpoint, decide LR and weight decay.
+
+    Loading a checkpoint restores the optimizer's param groups (lr, weight_decay, optimi's
+    max_lr, the scheduler's base LRs) from the previous run, so a new phase that lowers the LR
+    would silently keep the old one. At FIT_START (after any load) the configured values are
+    written back; for a plain resume they are the same values, so nothing changes.
+    """
+
+    def __init__(self, lr: float, weight_decays: list[float]):
+        self.lr = lr
+        self.weight_decays = weight_decays
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        for optimizer in state.optimizers:
+            for group, weight_decay in zip(optimizer.param_groups, self.weight_decays):
+                group["weight_decay"] = weight_decay
+                loaded = group.get("initial_lr") or self.lr
+                group["lr"] *= self.lr / loaded  # keeps the schedule's multiplier (no-op on resume)
+                group["initial_lr"] = self.lr
+                if group.get("max_lr") is not None:
+                    group["max_lr"] = self.lr
+        for scheduler in state.schedulers:
+            if hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs = [self.lr] * len(scheduler.base_lrs)

@@ -43,12 +43,12 @@ def _time(value: TimeLike, key: str) -> Time:
     return parsed
 
 
-def _resolve(t: Time, state: State, ssr: float) -> Time:
-    """A duration fraction becomes the max_duration's unit; ssr scales absolute times."""
+def _resolve(t: Time, state: State, ssr: float) -> tuple[float, TimeUnit]:
+    """(value, unit): a duration fraction becomes the max_duration's unit; ssr scales times."""
     if t.unit == TimeUnit.DURATION:
         assert state.max_duration is not None, "schedulers run with max_duration set"
-        return Time(t.value * state.max_duration.value * ssr, state.max_duration.unit)
-    return Time(t.value * ssr, t.unit)
+        return t.value * state.max_duration.value * ssr, state.max_duration.unit
+    return t.value * ssr, t.unit
 
 
 def _elapsed(state: State, unit: TimeUnit) -> float:
@@ -73,17 +73,17 @@ class WarmupStableDecay(ComposerScheduler):
         self.alpha_f = alpha_f
 
     def __call__(self, state: State, ssr: float = 1.0) -> float:
-        warmup = _resolve(self.t_warmup, state, ssr)
-        if warmup.value > 0 and _elapsed(state, warmup.unit) < warmup.value:
-            return _elapsed(state, warmup.unit) / warmup.value
-        decay = _resolve(self.t_decay, state, ssr)
-        if decay.value <= 0:
+        warmup, warmup_unit = _resolve(self.t_warmup, state, ssr)
+        if warmup > 0 and _elapsed(state, warmup_unit) < warmup:
+            return _elapsed(state, warmup_unit) / warmup
+        decay, decay_unit = _resolve(self.t_decay, state, ssr)
+        if decay <= 0:
             return 1.0
-        end = _resolve(Time(1.0, TimeUnit.DURATION), state, 1.0)
-        if end.unit != decay.unit:
-            raise ValueError(f"scheduler.t_decay is in {decay.unit.value} but max_duration is in "
-                             f"{end.unit.value}; give t_decay in dur or the same unit")
-        progress = (_elapsed(state, decay.unit) - (end.value - decay.value)) / decay.value
+        end, end_unit = _resolve(Time(1.0, TimeUnit.DURATION), state, ssr)
+        if end_unit != decay_unit:
+            raise ValueError(f"scheduler.t_decay is in {decay_unit.value} but max_duration is in "
+                             f"{end_unit.value}; give t_decay in dur or the same unit")
+        progress = (_elapsed(state, decay_unit) - (end - decay)) / decay
         progress = min(max(progress, 0.0), 1.0)
         return self.alpha_f + (1.0 - self.alpha_f) * DECAY_SHAPES[self.decay_shape](progress)
 

@@ -1,0 +1,155 @@
+"""Training-step throughput: FlexBERT (padded and unpadded) vs transformers' ModernBertForMaskedLM.
+
+A step is forward + backward + AdamW step on an MLM batch (30% of real tokens masked, sparse
+prediction on both sides). All three models start from the same weights (`to_transformers`), see
+the same batches, and are timed alternately in one process. tokens/s counts real tokens only.
+
+Usage: python bench/train_step.py [--quick] [--tokens 4096] [--reps 7] [--long-scale 2 4]
+Writes bench/results/train_step.{json,md,png} and the table in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import zlib
+
+import torch
+
+import common as C
+
+IMPLS = ("transformers", "flexbert padded", "flexbert unpadded")
+
+
+def cases(long_scales: list[int]) -> list[C.LengthCase]:
+    """Fixed 512, variable 512, then variable 8192 divided by each scale (CPU cannot do 8192)."""
+    fixed, variable = C.paper_cases(1)[:2]
+    return [fixed, variable] + [C.paper_cases(s)[3] for s in long_scales]
+
+
+def build(args) -> dict:
+    flex_unpadded, hf = C.flex_and_hf(C.SMALL, padding="unpadded")
+    flex_padded, _ = C.flex_and_hf(C.SMALL, padding="padded")
+    flex_padded.load_state_dict(flex_unpadded.state_dict())
+    models = {"transformers": hf, "flexbert padded": flex_padded, "flexbert unpadded": flex_unpadded}
+    steps = {}
+    for name, model in models.items():
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6,
+                                weight_decay=1e-5)
+        steps[name] = _stepper(model, opt)
+    return steps
+
+
+def _stepper(model, opt):
+    def step(batch):
+        opt.zero_grad(set_to_none=True)
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def run_case(case: C.LengthCase, steps: dict, args, device) -> dict:
+    gen = torch.Generator().manual_seed(zlib.crc32(case.name.encode()))
+    mean_len = case.mean / case.scale
+    docs = max(1, round(args.tokens / mean_len))
+    batches = [C.padded_batch(case.sample(docs, gen), C.SMALL["vocab_size"], C.SMALL["pad_token_id"],
+                              gen, mlm_prob=0.3, mask_id=C.SMALL["mask_token_id"])
+               for _ in range(args.batches)]
+    tokens = [C.real_tokens(b) for b in batches]
+    impls = {name: (lambda i, f=fn: f(batches[i % len(batches)])) for name, fn in steps.items()}
+    times = C.alternate(impls, args.reps, args.warmup, device)
+    rep_tokens = [tokens[i % len(batches)] for i in range(args.reps)]
+    result = {"case": case.name, "lengths": case.describe(), "docs_per_batch": docs,
+              "mean_real_tokens_per_batch": round(statistics.mean(tokens)),
+              "mean_padded_tokens_per_batch": round(statistics.mean(b["input_ids"].numel()
+                                                                    for b in batches)),
+              "impls": {}}
+    for name in steps:
+        stats = C.summarize(times[name], rep_tokens)
+        stats["peak_mem_bytes"] = C.peak_memory(lambda: steps[name](batches[0]), device)
+        result["impls"][name] = stats
+    ref = result["impls"]["transformers"]["tokens_per_s"]
+    for name in steps:
+        result["impls"][name]["ratio_vs_transformers"] = round(
+            result["impls"][name]["tokens_per_s"] / ref, 3)
+    return result
+
+
+def markdown(payload: dict) -> str:
+    rows = []
+    for r in payload["cases"]:
+        for name in IMPLS:
+            s = r["impls"][name]
+            rows.append([r["case"], name, C.fmt_int(s["tokens_per_s"]),
+                         f"{C.fmt_int(s['min'])}-{C.fmt_int(s['max'])}", f"{s['iqr_pct']}%",
+                         f"{s['ratio_vs_transformers']:.2f}x", C.fmt_mib(s["peak_mem_bytes"])])
+    cfg = payload["config"]
+    lines = [
+        "### Training step (forward + backward + AdamW)", "",
+        f"Machine: {C.machine_line(payload['machine'])}.", "",
+        f"Model: {cfg['num_layers']} layers, hidden {cfg['hidden_size']}, {cfg['attention']['num_heads']} "
+        f"heads, GeGLU intermediate {cfg['mlp']['intermediate_size']}, vocab {cfg['vocab_size']}, local "
+        f"window {cfg['attention']['local_window']} with every {cfg['attention']['global_every_n_layers']}rd "
+        f"layer global, fp32, FlexBERT kernel `{cfg['attention']['kernel']}`; 30% MLM masking, sparse "
+        f"prediction on both sides. About {payload['settings']['tokens']} real tokens per batch, one "
+        f"document per row padded to the batch's longest; {payload['settings']['batches']} distinct "
+        f"batches cycled; {payload['settings']['warmup']} warm-up and {payload['settings']['reps']} "
+        "timed steps per implementation, interleaved.", "",
+        C.table(["case", "implementation", "tokens/s (median)", "min-max", "IQR", "vs transformers",
+                 "peak mem MiB"], rows), "",
+        f"Case lengths: " + "; ".join(f"{r['case']} = {r['lengths']} ({r['docs_per_batch']} docs, "
+                                      f"{r['mean_real_tokens_per_batch']:,} real of "
+                                      f"{r['mean_padded_tokens_per_batch']:,} padded tokens per batch)"
+                                      for r in payload["cases"]) + ".",
+        f"Peak memory: {payload['memory_method']}.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: small batches, 2 reps")
+    p.add_argument("--tokens", type=int, default=4096, help="real tokens per batch (about)")
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batches", type=int, default=3, help="distinct batches cycled per case")
+    p.add_argument("--long-scale", type=int, nargs="+", default=[2, 4],
+                   help="divide the variable-8192 case's lengths by each of these (1: unscaled)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.tokens, args.reps, args.warmup, args.batches, args.long_scale = 1024, 2, 1, 2, [8]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    steps = build(args)
+    from omegaconf import OmegaConf
+
+    payload = {"benchmark": "train_step", "machine": C.machine(device),
+               "config": OmegaConf.to_container(OmegaConf.create(C.SMALL)),
+               "settings": {k: getattr(args, k) for k in ("tokens", "reps", "warmup", "batches",
+                                                           "long_scale", "quick")},
+               "memory_method": C.MEMORY_METHOD[device.type], "cases": []}
+    for case in cases(args.long_scale):
+        result = run_case(case, steps, args, device)
+        payload["cases"].append(result)
+        print(case.name, {k: (v["tokens_per_s"], v["ratio_vs_transformers"])
+                          for k, v in result["impls"].items()}, flush=True)
+    md = markdown(payload)
+    print(md)
+    if args.no_write or args.quick:
+        return
+    C.write_results("train_step", payload, md)
+    C.plot("train_step", f"Training step tokens/s, {payload['machine']['cpu']}",
+           [r["case"] for r in payload["cases"]],
+           {name: [r["impls"][name]["tokens_per_s"] for r in payload["cases"]] for name in IMPLS})
+    C.update_doc("train_step", md)
+
+
+if __name__ == "__main__":
+    main()

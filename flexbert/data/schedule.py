@@ -1,0 +1,34 @@
+"""Batch-size warmup: rows per step grow linearly with tokens seen, from a minimum to the full batch.
+
+The rows of step k depend only on k (tokens are counted as full rows), so every worker, rank and
+resumed run agrees on the batch shape without talking to each other.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class RowSchedule:
+    """rows(k) for a device; tokens counted globally (rows x max_seq_len x world size)."""
+
+    def __init__(self, device_batch_size: int, max_seq_len: int, world_size: int = 1,
+                 min_rows: Optional[int] = None, warmup_tokens: int = 0):
+        self.full = device_batch_size
+        self.step_tokens = max_seq_len * world_size
+        self.min_rows = min_rows if min_rows is not None else device_batch_size
+        self.warmup_tokens = warmup_tokens if min_rows is not None else 0
+        self._rows: list[int] = []
+        self._tokens = 0
+
+    def rows(self, step: int) -> int:
+        """Device rows at global step `step`, extending the cached ramp as needed."""
+        while len(self._rows) <= step and self._tokens < self.warmup_tokens:
+            r = self.min_rows + (self.full - self.min_rows) * self._tokens // self.warmup_tokens
+            self._rows.append(int(r))
+            self._tokens += r * self.step_tokens
+        return self._rows[step] if step < len(self._rows) else self.full
+
+    def tokens_before(self, step: int) -> int:
+        """Global token slots consumed by steps [0, step): what the warmup budget counts."""
+        return sum(self.rows(k) for k in range(step)) * self.step_tokens

@@ -1,0 +1,195 @@
+"""Recipe -> composer.Trainer: every part built from its config, nothing trained here."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+import torch
+from composer import Evaluator, Trainer
+from composer.algorithms import GradientClipping
+from composer.callbacks import LRMonitor
+from composer.loggers import WandBLogger
+from composer.utils import dist, maybe_create_object_store_from_uri, parse_uri, reproducibility
+
+from flexbert.train import data as train_data
+from flexbert.train.callbacks import (GradNorm, MetricsJSONL, PackingEfficiency, Throughput,
+                                      device_peak_flops, flops_per_token)
+from flexbert.train.checkpoint import AtomicCheckpointSaver
+from flexbert.train.config import Recipe, RecipeConfig, TrainerConfig
+from flexbert.train.model import ComposerFlexBertMLM
+from flexbert.train.optim import ApplyOptimizerConfig, build_optimizer
+from flexbert.train.schedules import build_scheduler
+
+log = logging.getLogger(__name__)
+CHECKPOINT_NAME = "ep{epoch}-ba{batch}-rank{rank}.pt"
+LATEST_NAME = "latest-rank{rank}.pt"
+
+
+def pick_device(cfg: TrainerConfig) -> str:
+    return cfg.device or ("gpu" if torch.cuda.is_available() else "cpu")
+
+
+def pick_precision(cfg: TrainerConfig, device: str) -> str:
+    """bf16 autocast is a GPU setting: on CPU an amp_* recipe trains in fp32 instead of failing."""
+    if device == "cpu" and cfg.precision.startswith("amp_"):
+        log.warning("precision %s needs a GPU; training in fp32 on CPU", cfg.precision)
+        return "fp32"
+    return cfg.precision
+
+
+def gpu_only(cfg: TrainerConfig, device: str) -> dict[str, Any]:
+    """compile / FSDP keyword arguments, dropped (with a log line) where they cannot run."""
+    kwargs: dict[str, Any] = {}
+    if cfg.compile and (device == "gpu" or cfg.compile_on_cpu):
+        kwargs["compile_config"] = {}
+    elif cfg.compile:
+        log.warning("trainer.compile is on but the device is CPU; set trainer.compile_on_cpu=true "
+                    "to compile anyway")
+    if cfg.fsdp and device == "gpu":
+        kwargs["parallelism_config"] = {"fsdp": dict(cfg.fsdp)}
+    elif cfg.fsdp:
+        log.warning("trainer.fsdp needs GPUs; running with DDP on CPU")
+    return kwargs
+
+
+def local_save_folder(save_folder: str) -> str:
+    """Where files for `save_folder` live on this machine (an s3:// folder is mirrored locally
+    under the bucket path, relative to the working directory)."""
+    backend, _, path = parse_uri(save_folder)
+    return path if backend else save_folder
+
+
+def build_saver(cfg: RecipeConfig) -> Optional[AtomicCheckpointSaver]:
+    if not cfg.save_folder:
+        return None
+    backend, _, prefix = parse_uri(cfg.save_folder)
+    remote = f"{prefix.rstrip('/')}/" if backend and prefix else ""
+    return AtomicCheckpointSaver(
+        folder=cfg.save_folder,
+        filename=CHECKPOINT_NAME,
+        remote_file_name=remote + CHECKPOINT_NAME if backend else None,
+        latest_filename=LATEST_NAME,
+        # Composer's autoresume asserts a remote latest name even for local folders; it is only
+        # used when remote_file_name is set.
+        latest_remote_file_name=remote + LATEST_NAME,
+        save_interval=cfg.save_interval,
+        overwrite=cfg.save_overwrite or cfg.autoresume,
+        num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+    )
+
+
+def metrics_logger(cfg: RecipeConfig) -> Optional[MetricsJSONL]:
+    """metrics.jsonl in save_folder; for an object-store folder it is kept locally and uploaded
+    at the end of fit (and fetched first, so a resumed run appends to it)."""
+    name = cfg.callbacks.metrics_jsonl
+    if not name or not cfg.save_folder:
+        return None
+    backend, _, prefix = parse_uri(cfg.save_folder)
+    local = os.path.join(local_save_folder(cfg.save_folder), name)
+    if not backend:
+        return MetricsJSONL(local)
+    store = maybe_create_object_store_from_uri(cfg.save_folder)
+    key = f"{prefix.rstrip('/')}/{name}".lstrip("/")
+    if dist.get_global_rank() == 0 and not os.path.exists(local):
+        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+        try:
+            store.download_object(key, local)
+        except FileNotFoundError:
+            pass
+    return MetricsJSONL(local, upload=lambda path: store.upload_object(key, path))
+
+
+def _wandb_compat() -> None:
+    """Composer 0.32.1's WandBLogger calls `Run.get_url()`, which newer wandb releases replaced
+    by the `url` property; restore the method so the pinned Composer works with them."""
+    from wandb.sdk.wandb_run import Run
+
+    if not hasattr(Run, "get_url"):
+        Run.get_url = lambda self: self.url
+
+
+def build_loggers(cfg: RecipeConfig) -> list:
+    loggers: list = [m for m in [metrics_logger(cfg)] if m is not None]
+    wb = cfg.loggers.wandb
+    if wb.enabled:
+        folder = wb.dir or os.path.join(local_save_folder(cfg.save_folder or "."), "wandb")
+        os.makedirs(folder, exist_ok=True)
+        os.environ.setdefault("WANDB_MODE", wb.mode)
+        _wandb_compat()
+        loggers.append(WandBLogger(project=wb.project, entity=wb.entity, name=cfg.run_name,
+                                   tags=list(wb.tags) or None,
+                                   init_kwargs={"mode": wb.mode, "dir": folder}))
+    return loggers
+
+
+def build_callbacks(recipe: Recipe) -> list:
+    cfg = recipe.cfg
+    seq_len, mask_rate = train_data.seq_len_and_mask_rate(recipe.data)
+    callbacks: list = [Throughput(cfg.callbacks.throughput_window,
+                                  flops_per_token(recipe.model, seq_len, mask_rate),
+                                  device_peak_flops())]
+    if cfg.callbacks.lr_monitor:
+        callbacks.append(LRMonitor())
+    if cfg.callbacks.grad_norm:
+        callbacks.append(GradNorm())
+    if cfg.callbacks.packing_efficiency:
+        callbacks.append(PackingEfficiency(train_data.packing_efficiency))
+    saver = build_saver(cfg)
+    return callbacks + ([saver] if saver else [])
+
+
+def eval_microbatch(recipe: Recipe) -> int:
+    """Eval splits like training (int microbatch) or not at all (whole per-rank batch)."""
+    batch, micro = recipe.cfg.batch, recipe.cfg.trainer.device_train_microbatch_size
+    rows = (batch.global_eval_batch_size or batch.global_train_batch_size) // train_data.world_size()
+    return min(int(micro), rows) if isinstance(micro, int) else rows
+
+
+# What a new phase drops from the previous phase's checkpoint to restart its clocks: the
+# timestamp, the schedule's step count and the data position; weights and optimizer state stay.
+RESET_TIME_KEYS = ["state/timestamp", "state/schedulers", "state/dataset_state"]
+
+
+def load_ignore_keys(cfg: RecipeConfig) -> Optional[list[str]]:
+    """`reset_time` as checkpoint keys to skip. Composer applies load_ignore_keys only to
+    load_path, never to an autoresume checkpoint, so a resumed phase keeps its own clock."""
+    keys = list(cfg.load_ignore_keys) + (RESET_TIME_KEYS if cfg.reset_time else [])
+    return keys or None
+
+
+def build_trainer(recipe: Recipe) -> Trainer:
+    """Model, data, optimizer, schedule, callbacks, loggers and checkpointing -> Trainer."""
+    cfg, tcfg = recipe.cfg, recipe.cfg.trainer
+    reproducibility.seed_all(cfg.seed)  # the same initial weights on every rank and every run
+    from flexbert.model import FlexBertForMaskedLM
+
+    model = ComposerFlexBertMLM(FlexBertForMaskedLM(recipe.model), train_metrics=tcfg.train_metrics)
+    device = pick_device(tcfg)
+    optimizer = build_optimizer(model.model, cfg.optimizer)
+    keep_config = ApplyOptimizerConfig(cfg.optimizer.lr,
+                                       [g["weight_decay"] for g in optimizer.param_groups])
+    train_spec = train_data.train_dataspec(recipe)
+    evaluator = Evaluator(label="eval", dataloader=train_data.eval_dataspec(recipe),
+                          metric_names=list(model.eval_metrics),
+                          device_eval_microbatch_size=eval_microbatch(recipe))
+    return Trainer(
+        model=model, run_name=cfg.run_name, seed=cfg.seed, device=device,
+        train_dataloader=train_spec, eval_dataloader=evaluator, max_duration=cfg.max_duration,
+        eval_interval=cfg.eval_interval, eval_subset_num_batches=tcfg.eval_subset_num_batches,
+        optimizers=optimizer,
+        schedulers=build_scheduler(cfg.scheduler), step_schedulers_every_batch=True,
+        precision=pick_precision(tcfg, device),
+        device_train_microbatch_size=tcfg.device_train_microbatch_size,
+        accumulate_train_batch_on_tokens=True,
+        algorithms=[GradientClipping("norm", tcfg.grad_clip_norm)] if tcfg.grad_clip_norm > 0 else [],
+        callbacks=[keep_config, *build_callbacks(recipe)], loggers=build_loggers(cfg),
+        autoresume=cfg.autoresume, load_path=cfg.load_path,
+        load_weights_only=cfg.load_weights_only, load_strict_model_weights=cfg.load_strict,
+        load_ignore_keys=load_ignore_keys(cfg), load_progress_bar=False,
+        ddp_sync_strategy=tcfg.ddp_sync_strategy, dist_timeout=tcfg.dist_timeout,
+        progress_bar=tcfg.progress_bar, log_to_console=tcfg.log_to_console,
+        console_log_interval=tcfg.console_log_interval, python_log_level=tcfg.python_log_level,
+        **gpu_only(tcfg, device),
+    )

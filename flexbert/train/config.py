@@ -1,0 +1,209 @@
+"""The recipe schema: one YAML file -> typed, validated trees, before anything is built.
+
+A recipe names a model preset (`model.preset`, a path relative to the recipe file) and overrides
+any of its keys; `data`, `optimizer`, `scheduler`, `trainer`, `loggers`, `callbacks` and `export`
+are typed here so a misspelt key fails at load time with its full path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from flexbert.config import ConfigError, ModelConfig, load_yaml, model_config, structured
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "stable_adamw"
+    lr: float = 8e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    weight_decay: float = 1e-5
+    decay_norms_and_biases: bool = False
+    decay_embeddings: bool = True
+    # Passed to the optimizer as keyword arguments (e.g. kahan_sum for optimi).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchConfig:
+    """Global sizes in rows (packed sequences); each rank loads 1/world of them."""
+
+    global_train_batch_size: int = 32
+    global_eval_batch_size: Optional[int] = None  # default: the train size
+    warmup_start: Optional[int] = None      # global rows at step 0; None = no batch-size warmup
+    warmup_tokens: int = 0                  # tokens over which rows grow to the full batch
+
+
+@dataclass
+class TrainerConfig:
+    device: Optional[str] = None            # None: gpu when CUDA is available, else cpu
+    precision: str = "amp_bf16"             # amp_* falls back to fp32 on CPU (with a log line)
+    device_train_microbatch_size: Any = None  # int, "auto", or None (whole per-rank batch)
+    grad_clip_norm: float = 0.0             # > 0 clips the global L2 norm
+    compile: bool = False                   # torch.compile via Composer's compile_config
+    compile_on_cpu: bool = False            # inductor on CPU is slow to compile; opt in
+    fsdp: Optional[dict[str, Any]] = None   # Composer FSDP config; GPU only (ignored on CPU)
+    ddp_sync_strategy: Optional[str] = None
+    dist_timeout: float = 300.0
+    train_metrics: bool = True              # masked loss/accuracy on training batches
+    eval_subset_num_batches: int = -1
+    log_to_console: bool = True
+    console_log_interval: str = "1ba"
+    progress_bar: bool = True
+    python_log_level: Optional[str] = None
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str = "flexbert"
+    entity: Optional[str] = None
+    mode: str = "offline"                   # offline needs no key and no network
+    dir: Optional[str] = None               # default: <save_folder>/wandb (local folders)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggersConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class CallbacksConfig:
+    throughput_window: int = 20
+    lr_monitor: bool = True
+    grad_norm: bool = True
+    packing_efficiency: bool = True
+    metrics_jsonl: str = "metrics.jsonl"    # under save_folder ("" disables)
+
+
+@dataclass
+class ExportConfig:
+    hf_folder: Optional[str] = "hf"          # under save_folder; null disables
+    tokenizer: Optional[str] = None          # default: <data_dir>/tokenizer when present
+
+
+@dataclass
+class RecipeConfig:
+    data_dir: str = MISSING
+    run_name: str = MISSING
+    seed: int = 17
+    max_duration: str = MISSING
+    eval_interval: str = "1000ba"
+    save_folder: Optional[str] = None
+    save_interval: str = "1000ba"
+    save_num_checkpoints_to_keep: int = -1
+    save_overwrite: bool = False            # forced on with autoresume (a crashed write is redone)
+    autoresume: bool = False
+    load_path: Optional[str] = None
+    load_weights_only: bool = False
+    load_strict: bool = True
+    load_ignore_keys: list[str] = field(default_factory=list)
+    reset_time: bool = False                # a new phase restarts the time counters
+    model: Any = None                       # {preset: model/x.yaml, <ModelConfig overrides>}
+    data: Any = None                        # flexbert.data's DataConfig (validated there)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"name": "warmup_stable_decay"})
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    loggers: LoggersConfig = field(default_factory=LoggersConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+@dataclass
+class Recipe:
+    """A loaded recipe: the validated tree plus the built ModelConfig and the data tree."""
+
+    cfg: RecipeConfig
+    model: ModelConfig
+    data: Any
+    source: str
+
+
+def resolve_model_tree(tree: Any, recipe_path: Path) -> DictConfig:
+    """Load `preset` (relative to the recipe's folder, or absolute) and merge the recipe's own
+    model keys over it."""
+    tree = OmegaConf.create({} if tree is None else tree)
+    preset = tree.pop("preset", None)
+    if preset is None:
+        return tree
+    path = Path(preset)
+    if not path.is_absolute():
+        path = recipe_path.parent / path
+    base = load_yaml(path)
+    base = base.model if "model" in base else base
+    return OmegaConf.merge(base, tree)
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read, override (`key=value`), type-check and validate a recipe; raise ConfigError naming
+    the offending key before anything is built."""
+    path = Path(path)
+    raw = load_yaml(path, overrides)
+    merged = structured(RecipeConfig, raw, str(path))
+    _require_set(merged, str(path))
+    model_tree = resolve_model_tree(merged.model, path)
+    model = model_config(model_tree, str(path), "model")
+    data = _data_config(merged, str(path))
+    cfg: RecipeConfig = OmegaConf.to_object(merged)
+    cfg.model, cfg.data = OmegaConf.to_container(model_tree), data
+    if cfg.save_folder:  # "{run_name}" as Composer formats it; every path below uses this one
+        cfg.save_folder = cfg.save_folder.replace("{run_name}", cfg.run_name)
+    _validate(cfg, str(path))
+    return Recipe(cfg=cfg, model=model, data=data, source=str(path))
+
+
+def _require_set(merged: DictConfig, source: str) -> None:
+    for key in ("data_dir", "run_name", "max_duration"):
+        if OmegaConf.is_missing(merged, key):
+            raise ConfigError(f"{source}: {key}: required (set it in the YAML or as {key}=...)")
+
+
+def _data_config(merged: DictConfig, source: str) -> Any:
+    """The data tree typed by the data package's schema, with data_dir filled in."""
+    from flexbert.train.data import data_config
+
+    return data_config(merged.data, merged.data_dir, OmegaConf.to_object(merged.batch), source)
+
+
+def _validate(cfg: RecipeConfig, source: str) -> None:
+    from composer.core import Time
+
+    from flexbert.train.optim import OPTIMIZERS
+    from flexbert.train.schedules import SCHEDULERS
+
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{source}: {key}: {message}")
+
+    for key in ("max_duration", "eval_interval", "save_interval"):
+        value = getattr(cfg, key)
+        try:
+            Time.from_timestring(str(value))
+        except ValueError:
+            fail(key, f"{value!r} is not a time string such as '20ba', '1000000tok' or '1ep'")
+    if cfg.optimizer.name not in OPTIMIZERS:
+        fail("optimizer.name", f"unknown optimizer {cfg.optimizer.name!r}; allowed: "
+             f"{', '.join(OPTIMIZERS.names())}")
+    name = cfg.scheduler.get("name")
+    if name not in SCHEDULERS:
+        fail("scheduler.name", f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS.names())}")
+    try:
+        from flexbert.train.schedules import build_scheduler
+
+        build_scheduler(cfg.scheduler)
+    except ValueError as err:
+        fail("scheduler", str(err))
+    if cfg.optimizer.lr <= 0:
+        fail("optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
+    if len(cfg.optimizer.betas) != 2:
+        fail("optimizer.betas", f"needs two values, got {cfg.optimizer.betas}")
+    if cfg.autoresume and not cfg.save_folder:
+        fail("autoresume", "needs save_folder (where the checkpoints to resume from live)")
+    if cfg.loggers.wandb.mode not in ("online", "offline", "disabled"):
+        fail("loggers.wandb.mode", f"{cfg.loggers.wandb.mode!r}; allowed: online, offline, disabled")
