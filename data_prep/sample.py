@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import sysconfig
 import tempfile
 from pathlib import Path
@@ -48,7 +49,25 @@ def stdlib_documents(max_bytes: int) -> Iterator[str]:
 def build_sample(out: str, vocab_size: int = 4096, max_bytes: int = 4_000_000, workers: int = 1,
                  max_doc_tokens: int = 8192, val_fraction: float = 0.02, seed: int = 17,
                  overwrite: bool = False, progress: bool = True) -> dict:
-    """Corpus -> tokenizer -> shards, in the same layout `mds` writes."""
+    """Corpus -> tokenizer -> shards, in the same layout `mds` writes.
+
+    A finished sample with the same settings is reused, so the README's main job can be rerun.
+    """
+    settings = {"vocab_size": vocab_size, "max_bytes": max_bytes, "max_doc_tokens": max_doc_tokens,
+                "val_fraction": val_fraction, "seed": seed}
+    marker = Path(out) / "sample.json"
+    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == settings:
+        print(f"{out}: sample corpus already built with these settings; reusing it", file=sys.stderr)
+        return json.loads((Path(out) / "stats.json").read_text())
+    stats = _build(out, settings, workers, overwrite, progress)
+    marker.write_text(json.dumps(settings) + "\n")
+    return stats
+
+
+def _build(out: str, settings: dict, workers: int, overwrite: bool, progress: bool) -> dict:
+    vocab_size, max_bytes = settings["vocab_size"], settings["max_bytes"]
+    max_doc_tokens, val_fraction, seed = (settings["max_doc_tokens"], settings["val_fraction"],
+                                          settings["seed"])
     with tempfile.TemporaryDirectory(prefix="flexbert-sample-") as tmp:
         corpus = Path(tmp) / "stdlib.jsonl"
         with corpus.open("w", encoding="utf-8") as fh:

@@ -76,7 +76,7 @@ def _load_plugins() -> None:
     """Import modules that register further subcommands (training, publishing, sweeps)."""
     import importlib
 
-    for module in ("flexbert.train.commands",):
+    for module in ("flexbert.train.commands", "flexbert.sweep", "flexbert.finetune"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:

@@ -74,12 +74,27 @@ class LoggersConfig:
 
 
 @dataclass
+class PublishConfig:
+    """Hugging Face folders (and optional Hub uploads) written while training; see
+    flexbert/train/publish.py and docs/recipe.md."""
+
+    enabled: bool = False
+    every: Optional[str] = None             # a time string ("25000000000tok", "1000ba"); None: only at_end
+    at_end: bool = True                     # the phase's final weights
+    folder: str = "published"               # under save_folder; one sub-folder per publication
+    repo_id: Optional[str] = None           # upload with huggingface_hub when set
+    revision: str = "{phase}-step{step}"    # branch name; {phase}, {step}, {tokens} are filled in
+    tokenizer: Optional[str] = None         # default: export.tokenizer, then <data_dir>/tokenizer
+
+
+@dataclass
 class CallbacksConfig:
     throughput_window: int = 20
     lr_monitor: bool = True
     grad_norm: bool = True
     packing_efficiency: bool = True
     metrics_jsonl: str = "metrics.jsonl"    # under save_folder ("" disables)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
 
 @dataclass
@@ -92,6 +107,7 @@ class ExportConfig:
 class RecipeConfig:
     data_dir: str = MISSING
     run_name: str = MISSING
+    phase: Optional[str] = None             # the training phase's name (model cards); default run_name
     seed: int = 17
     max_duration: str = MISSING
     eval_interval: str = "1000ba"
@@ -124,6 +140,7 @@ class Recipe:
     model: ModelConfig
     data: Any
     source: str
+    init_from: Optional[str] = None         # model.init_from: weights to start from (fresh optimizer)
 
 
 def resolve_model_tree(tree: Any, recipe_path: Path) -> DictConfig:
@@ -148,15 +165,26 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     raw = load_yaml(path, overrides)
     merged = structured(RecipeConfig, raw, str(path))
     _require_set(merged, str(path))
+    has_preset = merged.model is not None and merged.model.get("preset") is not None
     model_tree = resolve_model_tree(merged.model, path)
-    model = model_config(model_tree, str(path), "model")
+    init_from = model_tree.pop("init_from", None)
+    if init_from and not has_preset:  # the architecture comes from the source, the recipe overrides
+        from flexbert.train.continual import source_model_config
+
+        model = source_model_config(init_from, model_tree, str(path))
+    else:
+        model = model_config(model_tree, str(path), "model")
     data = _data_config(merged, str(path))
     cfg: RecipeConfig = OmegaConf.to_object(merged)
     cfg.model, cfg.data = OmegaConf.to_container(model_tree), data
+    cfg.phase = cfg.phase or cfg.run_name
     if cfg.save_folder:  # "{run_name}" as Composer formats it; every path below uses this one
         cfg.save_folder = cfg.save_folder.replace("{run_name}", cfg.run_name)
     _validate(cfg, str(path))
-    return Recipe(cfg=cfg, model=model, data=data, source=str(path))
+    if init_from and cfg.load_path:
+        raise ConfigError(f"{path}: model.init_from: cannot be combined with load_path (init_from "
+                          "starts from weights with a fresh optimizer; load_path continues a run)")
+    return Recipe(cfg=cfg, model=model, data=data, source=str(path), init_from=init_from)
 
 
 def _require_set(merged: DictConfig, source: str) -> None:
@@ -205,5 +233,14 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
         fail("optimizer.betas", f"needs two values, got {cfg.optimizer.betas}")
     if cfg.autoresume and not cfg.save_folder:
         fail("autoresume", "needs save_folder (where the checkpoints to resume from live)")
+    publish = cfg.callbacks.publish
+    if publish.enabled and publish.every:
+        try:
+            Time.from_timestring(str(publish.every))
+        except ValueError:
+            fail("callbacks.publish.every", f"{publish.every!r} is not a time string such as "
+                 "'1000000tok' or '100ba'")
+    if publish.enabled and not cfg.save_folder:
+        fail("callbacks.publish.enabled", "needs save_folder (published folders go under it)")
     if cfg.loggers.wandb.mode not in ("online", "offline", "disabled"):
         fail("loggers.wandb.mode", f"{cfg.loggers.wandb.mode!r}; allowed: online, offline, disabled")

@@ -1,0 +1,64 @@
+"""The Composer face of FlexBertForSequenceClassification and its downstream metrics."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from composer.models import ComposerModel
+from torchmetrics import MeanSquaredError, Metric, PearsonCorrCoef, SpearmanCorrCoef
+from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, MulticlassF1Score,
+                                         MulticlassMatthewsCorrCoef)
+
+from flexbert.config import ConfigError
+
+
+def build_metrics(num_labels: int, problem_type: str) -> dict[str, Metric]:
+    """Accuracy, F1 and Matthews for classification; Pearson, Spearman and MSE for regression."""
+    if problem_type == "regression":
+        return {"Pearson": PearsonCorrCoef(), "Spearman": SpearmanCorrCoef(), "MSE": MeanSquaredError()}
+    if problem_type != "single_label_classification":
+        raise ConfigError(f"finetune.problem_type: {problem_type!r} is not supported here; "
+                          "allowed: single_label_classification, regression")
+    classes = max(2, num_labels)
+    return {
+        "Accuracy": MulticlassAccuracy(num_classes=classes, average="micro"),
+        # Binary tasks report F1 of the positive class (the GLUE convention for MRPC and QQP),
+        # more classes the macro average.
+        "F1": (BinaryF1Score() if classes == 2
+               else MulticlassF1Score(num_classes=classes, average="macro")),
+        "Matthews": MulticlassMatthewsCorrCoef(num_classes=classes),
+    }
+
+
+class ComposerFlexBertClassifier(ComposerModel):
+    """Wraps FlexBertForSequenceClassification: the loss is the model's (cross-entropy, or MSE
+    for regression); metrics are updated from arg-max predictions (or the scalar output)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        c = model.config.classifier
+        self.problem_type = c.problem_type
+        self.train_metrics = build_metrics(c.num_labels, c.problem_type)
+        self.eval_metrics = build_metrics(c.num_labels, c.problem_type)
+
+    def forward(self, batch: Mapping[str, Any]) -> Any:
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch.get("labels"))
+
+    def loss(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+        return outputs.loss
+
+    def eval_forward(self, batch: Mapping[str, Any], outputs: Any = None) -> Any:
+        return outputs if outputs is not None else self.forward(batch)
+
+    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
+        return self.train_metrics if is_train else self.eval_metrics
+
+    def update_metric(self, batch: Mapping[str, Any], outputs: Any, metric: Metric) -> None:
+        logits = outputs.logits.detach().float()
+        if self.problem_type == "regression":
+            metric.update(logits.squeeze(-1), batch["labels"].float())
+        else:
+            metric.update(logits.argmax(-1), batch["labels"].long())
