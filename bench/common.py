@@ -216,6 +216,20 @@ MEMORY_METHOD = {
 }
 
 
+def summarize_impls(times: dict, tokens_per_rep: list, peak) -> dict:
+    """Stats per implementation (median, spread, `peak(name)` memory) and the ratio to
+    transformers, the reference every table compares against."""
+    impls = {}
+    for name in times:
+        stats = summarize(times[name], tokens_per_rep)
+        stats["peak_mem_bytes"] = peak(name)
+        impls[name] = stats
+    ref = impls["transformers"]["tokens_per_s"]
+    for stats in impls.values():
+        stats["ratio_vs_transformers"] = round(stats["tokens_per_s"] / ref, 3)
+    return impls
+
+
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
     """Bytes the call needs above what was already held (see MEMORY_METHOD)."""
     if device.type == "cuda":

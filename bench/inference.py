@@ -86,27 +86,20 @@ def run_set(case: C.LengthCase, encoders: dict, args, device, tree: dict) -> dic
                     encoders[name](b)
         return run
 
-    with torch.inference_mode():
-        for name in encoders:  # warm-up on one batch each
+    def one_batch(name):
+        with torch.inference_mode():
             encoders[name](sets[name][0])
+
+    for name in encoders:  # warm-up on one batch each
+        one_batch(name)
     times = C.alternate({n: runner(n) for n in encoders}, args.reps, 0, device)
     total = sum(lengths)
     result = {"set": case.name, "lengths": case.describe(), "documents": n_docs,
               "real_tokens": total, "impls": {}}
-    for name in encoders:
-        stats = C.summarize(times[name], [total] * args.reps)
+    result["impls"] = C.summarize_impls(
+        times, [total] * args.reps, lambda name: C.peak_memory(lambda: one_batch(name), device))
+    for name, stats in result["impls"].items():
         stats["batch_docs"] = sizes[name]
-
-        def one_batch(name=name):
-            with torch.inference_mode():
-                encoders[name](sets[name][0])
-
-        stats["peak_mem_bytes"] = C.peak_memory(one_batch, device)
-        result["impls"][name] = stats
-    ref = result["impls"]["transformers"]["tokens_per_s"]
-    for name in encoders:
-        result["impls"][name]["ratio_vs_transformers"] = round(
-            result["impls"][name]["tokens_per_s"] / ref, 3)
     return result
 
 

@@ -68,14 +68,8 @@ def run_case(case: C.LengthCase, steps: dict, args, device) -> dict:
               "mean_padded_tokens_per_batch": round(statistics.mean(b["input_ids"].numel()
                                                                     for b in batches)),
               "impls": {}}
-    for name in steps:
-        stats = C.summarize(times[name], rep_tokens)
-        stats["peak_mem_bytes"] = C.peak_memory(lambda: steps[name](batches[0]), device)
-        result["impls"][name] = stats
-    ref = result["impls"]["transformers"]["tokens_per_s"]
-    for name in steps:
-        result["impls"][name]["ratio_vs_transformers"] = round(
-            result["impls"][name]["tokens_per_s"] / ref, 3)
+    result["impls"] = C.summarize_impls(
+        times, rep_tokens, lambda name: C.peak_memory(lambda: steps[name](batches[0]), device))
     return result
 
 

@@ -71,3 +71,15 @@ def data_corpus(tmp_path_factory, data_tokenizer) -> tuple[Path, list[str]]:
                                      max_doc_tokens=512, val_fraction=0.1, progress=False,
                                      shard_size=1 << 16))
     return root / "mds", docs
+
+
+# --- sample corpus (tiny recipe runs: training, sweeps, fine-tuning) ------------------------------
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory) -> Path:
+    """A small `data_prep sample` corpus (the tiny recipe's tokenizer shape: vocab 4096)."""
+    from data_prep.sample import build_sample
+
+    out = tmp_path_factory.mktemp("sample") / "sample"
+    build_sample(str(out), max_bytes=600_000, progress=False)
+    return out

@@ -219,7 +219,8 @@ def _label_ids(splits: dict, label_field: str, names: Optional[list[str]]):
     if values and isinstance(values[0], str):
         names = sorted(set(values) | set(splits["eval"][label_field]))
         index = {n: i for i, n in enumerate(names)}
-        splits = {k: v.map(lambda row: {label_field: index[row[label_field]]}) for k, v in splits.items()}
+        splits = {k: v.remove_columns(label_field).add_column(
+            label_field, [index[x] for x in v[label_field]]) for k, v in splits.items()}
     return splits, names
 
 

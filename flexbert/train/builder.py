@@ -136,8 +136,27 @@ def build_callbacks(recipe: Recipe) -> list:
         callbacks.append(GradNorm())
     if cfg.callbacks.packing_efficiency:
         callbacks.append(PackingEfficiency(train_data.packing_efficiency))
+    callbacks += publish_callbacks(recipe)
     saver = build_saver(cfg)
     return callbacks + ([saver] if saver else [])
+
+
+def publish_callbacks(recipe: Recipe) -> list:
+    """PhaseInfo (the model config, phase, step and tokens in every checkpoint, for `flexbert
+    publish`) and, when `callbacks.publish.enabled`, the Publish callback."""
+    from flexbert.train.publish import PhaseInfo, Publish
+
+    cfg, pub = recipe.cfg, recipe.cfg.callbacks.publish
+    tokenizer = pub.tokenizer or cfg.export.tokenizer or os.path.join(cfg.data_dir, "tokenizer")
+    tokenizer = os.path.abspath(tokenizer) if os.path.isdir(tokenizer) else tokenizer
+    info = PhaseInfo(recipe.model, cfg.phase or cfg.run_name, cfg.run_name,
+                     train_data.seq_len_and_mask_rate(recipe.data)[0], tokenizer, recipe.init_from)
+    if not (pub.enabled and cfg.save_folder):
+        return [info]
+    folder = pub.folder if os.path.isabs(pub.folder) else os.path.join(
+        local_save_folder(cfg.save_folder), pub.folder)
+    return [info, Publish(folder, info, pub.every, pub.at_end, pub.repo_id, pub.revision,
+                          tokenizer)]
 
 
 def eval_microbatch(recipe: Recipe) -> int:
@@ -166,6 +185,10 @@ def build_trainer(recipe: Recipe) -> Trainer:
     from flexbert.model import FlexBertForMaskedLM
 
     model = ComposerFlexBertMLM(FlexBertForMaskedLM(recipe.model), train_metrics=tcfg.train_metrics)
+    if recipe.init_from:  # continual pretraining: weights only, the optimizer below starts fresh
+        from flexbert.train.continual import load_init_weights
+
+        load_init_weights(model.model, recipe.init_from)
     device = pick_device(tcfg)
     optimizer = build_optimizer(model.model, cfg.optimizer)
     keep_config = ApplyOptimizerConfig(cfg.optimizer.lr,
