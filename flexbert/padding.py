@@ -145,25 +145,6 @@ def _doc_offsets(attention_mask, position_ids, indices_T, rows, row_len) -> torc
     return torch.cat([starts.to(end.dtype), end]).to(torch.int32)
 
 
-def doc_rows(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather map that lays each document of the [T] layout on its own row of max_seqlen.
-
-    Returns (flat index into [num_docs * max_seqlen] for every real token, key-valid mask
-    [num_docs, max_seqlen]). Lets dense kernels serve the unpadded layout.
-    """
-
-    def build():
-        cu = layout.cu_seqlens.long()
-        doc_ids = layout.doc_ids_L if layout.layout == "unpadded" else layout.doc_ids_L[layout.doc_ids_L >= 0]
-        offset = torch.arange(cu[-1], device=cu.device) - cu[:-1][doc_ids]
-        flat = doc_ids * layout.max_seqlen + offset
-        valid = torch.zeros(layout.num_docs * layout.max_seqlen, dtype=torch.bool, device=cu.device)
-        valid[flat] = True
-        return flat, valid.view(layout.num_docs, layout.max_seqlen)
-
-    return layout.cached("doc_rows", build)
-
-
 @dataclass(frozen=True)
 class PaddingStrategy:
     layout: str
