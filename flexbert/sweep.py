@@ -120,7 +120,8 @@ def run_slug(own: Sequence[str]) -> str:
         key, _, value = item.partition("=")
         key = key.removeprefix("model.")
         parts.append(f"{key}-{value}")
-    slug = re.sub(r"[^A-Za-z0-9._=-]+", "-", "_".join(parts)).strip("-") or "run"
+    slug = re.sub(r"[^A-Za-z0-9._=-]+", "-", "_".join(parts))
+    slug = re.sub(r"-{2,}", "-", slug).strip("-") or "run"
     if len(slug) > 80:
         digest = hashlib.sha1("|".join(own).encode()).hexdigest()[:8]
         slug = f"{slug[:71]}-{digest}"
@@ -248,9 +249,39 @@ def _marker_matches(run: Run) -> bool:
         return False
 
 
+def checkpoint_reached_end(sweep: Sweep, run: Run) -> bool:
+    """Whether the run's latest checkpoint is already at max_duration (stopped after its last
+    save but before the marker): Composer refuses to resume such a run, and nothing is left to
+    train. Known for batch and token durations (the checkpoint name holds the batch; metrics.jsonl
+    the tokens at that batch); other units resume as usual."""
+    from composer.core import Time, TimeUnit
+
+    from flexbert.train.callbacks import read_metrics
+    from flexbert.train.config import load_recipe
+
+    latest = run.folder / "latest-rank0.pt"
+    if not latest.is_symlink() or not latest.exists():
+        return False
+    match = re.search(r"-ba(\d+)-", os.readlink(latest))
+    if not match:
+        return False
+    batch = int(match.group(1))
+    recipe = load_recipe(sweep.base, run.overrides)
+    end = Time.from_timestring(recipe.cfg.max_duration)
+    if end.unit == TimeUnit.BATCH:
+        return batch >= end.value
+    metrics = run.folder / (recipe.cfg.callbacks.metrics_jsonl or "metrics.jsonl")
+    if end.unit == TimeUnit.TOKEN and metrics.is_file():
+        row = next((r for r in read_metrics(str(metrics)) if r["step"] == batch), None)
+        return row is not None and row["tokens"] >= end.value
+    return False
+
+
 def train_run(sweep: Sweep, run: Run) -> None:
     """Pretrain one run (resuming from its folder's latest checkpoint if there is one)."""
     run.folder.mkdir(parents=True, exist_ok=True)
+    if checkpoint_reached_end(sweep, run):
+        return
     if sweep.launcher == "subprocess":
         script = REPO / "train.py"
         cmd = ([sys.executable, str(script)] if script.is_file() else
@@ -285,8 +316,12 @@ def export_model(sweep: Sweep, run: Run) -> Path:
         raise FileNotFoundError(f"{checkpoint}: run {run.name} left no checkpoint to export")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["model"]
     model = FlexBertForMaskedLM(recipe.model)
-    model.load_state_dict({k[len("model."):]: v for k, v in state.items()
-                           if k.startswith("model.")}, strict=False)
+    result = model.load_state_dict({k[len("model."):]: v for k, v in state.items()
+                                    if k.startswith("model.")}, strict=False)
+    missing = [k for k in result.missing_keys if "inv_freq" not in k and k != "decoder.weight"]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{checkpoint}: weights do not match run {run.name}'s model; missing "
+                         f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}")
     model.tie_weights()
     out = save_flexbert(model, run.folder / MODEL_DIR)
     tokenizer = recipe.cfg.export.tokenizer or os.path.join(recipe.cfg.data_dir, "tokenizer")
