@@ -94,4 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module so plugins register into the same COMMANDS table.
+    from flexbert.cli import main as package_main
+
+    sys.exit(package_main())

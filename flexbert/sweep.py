@@ -42,7 +42,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -463,7 +463,8 @@ def write_report(sweep: Sweep) -> list[dict[str, Any]]:
              "and tokens/s over the second half of each run.", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for s in summaries:
-        cells = [_fmt(s.get(k, "")) for k in columns]
+        cells = [f"{s[k]:.1f}" if k.endswith("_s") and isinstance(s.get(k), float)
+                 else _fmt(s.get(k, "")) for k in columns]
         if s is best:
             cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")

@@ -23,9 +23,9 @@ import os
 import re
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -473,7 +473,3 @@ def finetune_command(args: argparse.Namespace) -> int:
     result = finetune(config_from_args(args))
     print(json.dumps(result, indent=2))
     return 0
-
-
-def config_to_dict(cfg: FinetuneConfig) -> dict[str, Any]:
-    return asdict(cfg)
