@@ -290,9 +290,11 @@ def train_run(sweep: Sweep, run: Run) -> None:
         proc = subprocess.run([*cmd, str(sweep.base), *run.overrides])
         code = proc.returncode
     else:
+        from flexbert.data.streams import release_streaming_memory
         from flexbert.train.main import main
 
         code = main([str(sweep.base), *run.overrides])
+        release_streaming_memory()  # else every run's datasets keep their descriptors open
     if code != 0:
         raise RuntimeError(f"sweep run {run.name} failed with status {code}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,14 @@ def sample_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample") / "sample"
     build_sample(str(out), max_bytes=600_000, progress=False)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _release_streaming_memory():
+    """Streaming keeps every dataset's shared memory open until exit (atexit); a suite that builds
+    hundreds of datasets would run out of file descriptors."""
+    yield
+    if "streaming" in sys.modules:
+        from flexbert.data.streams import release_streaming_memory
+
+        release_streaming_memory()

@@ -231,3 +231,28 @@ def test_yaml_style_dict_and_missing_paths(data_corpus, tmp_path):
         build_pretraining_dataloader(_cfg(tmp_path / "missing", tokenizer=str(out / "tokenizer")), device_batch_size=B)
     with pytest.raises(ValueError, match=r"device_batch_size: 0"):
         build_pretraining_dataloader(_cfg(out), device_batch_size=0)
+
+
+def test_released_streaming_memory_frees_descriptors_but_not_live_loaders(data_corpus):
+    import gc
+    import os
+
+    from flexbert.data.streams import release_streaming_memory
+
+    out, _ = data_corpus
+    release_streaming_memory()
+    before = len(os.listdir("/proc/self/fd"))
+    live = build_pretraining_dataloader(_cfg(out, seed=3), device_batch_size=B)
+    first = _take(live, 1)
+    dead = build_pretraining_dataloader(_cfg(out), device_batch_size=B)
+    _take(dead, 1)
+    del dead
+    gc.collect()
+    assert release_streaming_memory() > 0
+    assert release_streaming_memory() == 0  # idempotent; the live loader's blocks are kept
+    assert _take(live, 1)[0]["input_ids"].shape == (B, S)
+    again = build_pretraining_dataloader(_cfg(out, seed=3), device_batch_size=B)
+    assert _same(first, _take(again, 1))
+    del live, again
+    release_streaming_memory()
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
