@@ -16,12 +16,9 @@ TINY = str(REPO / "configs" / "tiny.yaml")
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    from data_prep.sample import build_sample
-
-    out = tmp_path_factory.mktemp("continual") / "sample"
-    build_sample(str(out), max_bytes=300_000, progress=False)
-    return out
+def corpus(sample_corpus) -> Path:
+    """The session-wide sample corpus from conftest (built once for every test module)."""
+    return sample_corpus
 
 
 @pytest.fixture(scope="module")

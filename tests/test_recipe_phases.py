@@ -28,12 +28,9 @@ STEPS = {"p1": 6, "p2": 4, "p3": 5}
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    from data_prep.sample import build_sample
-
-    out = tmp_path_factory.mktemp("recipe") / "sample"
-    build_sample(str(out), max_bytes=600_000, progress=False)  # --max-doc-tokens 8192 >= 512
-    return out
+def corpus(sample_corpus) -> Path:
+    """The session-wide sample corpus from conftest (built once for every test module)."""
+    return sample_corpus
 
 
 def run(config: str, corpus: Path, folder: Path, steps: int, *extra: str) -> None:

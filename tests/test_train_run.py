@@ -26,13 +26,9 @@ TINY = str(REPO / "configs" / "tiny.yaml")
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """A smaller `data_prep sample` corpus (same tokenizer shape as the README's)."""
-    from data_prep.sample import build_sample
-
-    out = tmp_path_factory.mktemp("train") / "sample"
-    build_sample(str(out), max_bytes=600_000, progress=False)
-    return out
+def corpus(sample_corpus) -> Path:
+    """The session-wide sample corpus from conftest (built once for every test module)."""
+    return sample_corpus
 
 
 def args(corpus: Path, folder, *extra: str) -> list[str]:
