@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
-from composer.models import ComposerModel
 from torchmetrics import MeanSquaredError, Metric, PearsonCorrCoef, SpearmanCorrCoef
 from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, MulticlassF1Score,
                                          MulticlassMatthewsCorrCoef)
 
 from flexbert.config import ConfigError
+from flexbert.train.model import FlexBertComposerModel
 
 
 def build_metrics(num_labels: int, problem_type: str) -> dict[str, Metric]:
@@ -31,30 +31,17 @@ def build_metrics(num_labels: int, problem_type: str) -> dict[str, Metric]:
     }
 
 
-class ComposerFlexBertClassifier(ComposerModel):
+class ComposerFlexBertClassifier(FlexBertComposerModel):
     """Wraps FlexBertForSequenceClassification: the loss is the model's (cross-entropy, or MSE
     for regression); metrics are updated from arg-max predictions (or the scalar output)."""
 
+    inputs = ("input_ids", "attention_mask", "labels")
+
     def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
         c = model.config.classifier
+        super().__init__(model, build_metrics(c.num_labels, c.problem_type),
+                         build_metrics(c.num_labels, c.problem_type))
         self.problem_type = c.problem_type
-        self.train_metrics = build_metrics(c.num_labels, c.problem_type)
-        self.eval_metrics = build_metrics(c.num_labels, c.problem_type)
-
-    def forward(self, batch: Mapping[str, Any]) -> Any:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          labels=batch.get("labels"))
-
-    def loss(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
-        return outputs.loss
-
-    def eval_forward(self, batch: Mapping[str, Any], outputs: Any = None) -> Any:
-        return outputs if outputs is not None else self.forward(batch)
-
-    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
-        return self.train_metrics if is_train else self.eval_metrics
 
     def update_metric(self, batch: Mapping[str, Any], outputs: Any, metric: Metric) -> None:
         logits = outputs.logits.detach().float()

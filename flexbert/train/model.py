@@ -68,18 +68,22 @@ def _metrics() -> dict[str, Metric]:
     return {"MaskedLoss": MaskedTokenLoss(), "MaskedAccuracy": MaskedAccuracy()}
 
 
-class ComposerFlexBertMLM(ComposerModel):
-    """Wraps FlexBertForMaskedLM; the model's loss is already the mean over masked tokens, and the
-    trainer weights microbatches by masked-token count (accumulate_train_batch_on_tokens)."""
+class FlexBertComposerModel(ComposerModel):
+    """What every FlexBERT task model shares: the wrapped model computes its own loss, eval reuses
+    the training forward's outputs, and metrics are kept apart for training and evaluation.
+    Subclasses pick the batch keys the model takes and how outputs update a metric."""
 
-    def __init__(self, model: torch.nn.Module, train_metrics: bool = True):
+    inputs: tuple[str, ...] = MODEL_INPUTS
+
+    def __init__(self, model: torch.nn.Module, train_metrics: dict[str, Metric],
+                 eval_metrics: dict[str, Metric]):
         super().__init__()
         self.model = model
-        self.train_metrics = _metrics() if train_metrics else {}
-        self.eval_metrics = _metrics()
+        self.train_metrics = train_metrics
+        self.eval_metrics = eval_metrics
 
     def forward(self, batch: Mapping[str, Any]) -> Any:
-        return self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        return self.model(**{k: batch[k] for k in self.inputs if k in batch})
 
     def loss(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
         return outputs.loss
@@ -89,6 +93,14 @@ class ComposerFlexBertMLM(ComposerModel):
 
     def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
         return self.train_metrics if is_train else self.eval_metrics
+
+
+class ComposerFlexBertMLM(FlexBertComposerModel):
+    """Wraps FlexBertForMaskedLM; the model's loss is already the mean over masked tokens, and the
+    trainer weights microbatches by masked-token count (accumulate_train_batch_on_tokens)."""
+
+    def __init__(self, model: torch.nn.Module, train_metrics: bool = True):
+        super().__init__(model, _metrics() if train_metrics else {}, _metrics())
 
     def update_metric(self, batch: Mapping[str, Any], outputs: Any, metric: Metric) -> None:
         metric.update(outputs.logits.detach(), batch["labels"])
