@@ -131,6 +131,51 @@ def paper_cases(long_scale: int) -> list[LengthCase]:
     ]
 
 
+# --- FLOP counts ----------------------------------------------------------------------------------
+
+def _linear_flops(cfg, tokens: int, masked: int) -> int:
+    """Training (forward + backward = 3x forward) matmul FLOPs: encoder weights and the MLM head's
+    dense layer on every token, the decoder on masked tokens only (sparse prediction)."""
+    d, inter = cfg.hidden_size, cfg.mlp.intermediate_size
+    per_layer = d * 3 * d + d * d + d * 2 * inter + inter * d
+    return 6 * (cfg.num_layers * per_layer + d * d) * tokens + 6 * d * cfg.vocab_size * masked
+
+
+def _window_pairs(n: int, w: int) -> int:
+    if n <= w + 1:
+        return n * n
+    # each token sees min(t, w) keys before and min(n - 1 - t, w) after, plus itself
+    before = sum(min(t, w) for t in range(min(n, w))) + w * max(0, n - w)
+    return n + 2 * before
+
+
+def step_flops(cfg, lengths: list[int], masked: int) -> float:
+    """Model FLOPs of one training step, the MFU numerator: matmuls plus 12 x hidden per attended
+    (query, key) pair, pairs counted exactly per document (global: L^2; local: within +-window/2)."""
+    w = cfg.attention.local_window // 2
+    pairs = sum(sum(n * n for n in lengths) if cfg.is_global_layer(i)
+                else sum(_window_pairs(n, w) for n in lengths) for i in range(cfg.num_layers))
+    return float(_linear_flops(cfg, sum(lengths), masked) + 12 * cfg.hidden_size * pairs)
+
+
+def executed_flops(cfg, lengths: list[int], masked: int, impl: str) -> float:
+    """FLOPs an implementation really spends on one step of one-document-per-row padded input.
+
+    transformers and FlexBERT padded: every token slot of [B, S] through the matmuls, and all S^2
+    pairs per row in every layer (local layers only mask). FlexBERT unpadded (sdpa kernel): real
+    tokens only; global layers L^2 per document; local layers blocks of b queries x (b + 2w) keys.
+    The ratio of two of these is the most an implementation can gain on matmul-bound hardware.
+    """
+    d, L, w = cfg.hidden_size, cfg.num_layers, cfg.attention.local_window // 2
+    if impl != "flexbert unpadded":
+        slots = len(lengths) * max(lengths)
+        return float(_linear_flops(cfg, slots, masked) + 12 * d * L * len(lengths) * max(lengths) ** 2)
+    tokens, block = sum(lengths), max(w, 32)
+    local = -(-tokens // block) * block * (block + 2 * w)
+    pairs = sum(sum(n * n for n in lengths) if cfg.is_global_layer(i) else local for i in range(L))
+    return float(_linear_flops(cfg, tokens, masked) + 12 * d * pairs)
+
+
 def padded_batch(lengths: list[int], vocab: int, pad_id: int, gen: torch.Generator,
                  mlm_prob: float = 0.0, mask_id: int = 4) -> dict[str, torch.Tensor]:
     """One document per row, right-padded to the longest; MLM labels when mlm_prob > 0.

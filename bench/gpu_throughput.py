@@ -52,37 +52,9 @@ def packed_batches(seq_len: int, rows: int, count: int, vocab: int, mask_id: int
         chosen = torch.rand(T, generator=gen) < 0.3
         cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
         out.append({"input_ids": ids.masked_fill(chosen, mask_id), "labels": ids.masked_fill(~chosen, -100),
-                    "cu_seqlens": cu, "max_seqlen": max(lengths), "lengths": lengths})
+                    "cu_seqlens": cu, "max_seqlen": max(lengths), "lengths": lengths,
+                    "prediction_indices": chosen.nonzero().squeeze(1)})
     return out
-
-
-def step_flops(cfg, lengths: list[int], masked: int) -> float:
-    """Model FLOPs of one training step (forward + backward = 3x forward), attention included.
-
-    Matmuls: 6 x (encoder weight matrices + MLM head dense) per token, 6 x hidden x vocab per
-    masked token (sparse prediction). Attention: 12 x hidden per attended (query, key) pair, pairs
-    counted exactly per document (global: L^2; local: within +-window/2).
-    """
-    d, inter, L = cfg.hidden_size, cfg.mlp.intermediate_size, cfg.num_layers
-    per_layer = d * 3 * d + d * d + d * 2 * inter + inter * d
-    tokens = sum(lengths)
-    flops = 6 * (L * per_layer + d * d) * tokens + 6 * d * cfg.vocab_size * masked
-    w = cfg.attention.local_window // 2
-    for i in range(L):
-        if cfg.is_global_layer(i):
-            pairs = sum(n * n for n in lengths)
-        else:
-            pairs = sum(_window_pairs(n, w) for n in lengths)
-        flops += 12 * d * pairs
-    return float(flops)
-
-
-def _window_pairs(n: int, w: int) -> int:
-    if n <= w + 1:
-        return n * n
-    # each token sees min(t, w) keys before and min(n - 1 - t, w) after, plus itself
-    before = sum(min(t, w) for t in range(min(n, w))) + w * max(0, n - w)
-    return n + 2 * before
 
 
 def run_case(model, opt, batches, steps: int, warmup: int, device) -> dict:
@@ -90,7 +62,8 @@ def run_case(model, opt, batches, steps: int, warmup: int, device) -> dict:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = model(input_ids=b["input_ids"], cu_seqlens=b["cu_seqlens"],
-                         max_seqlen=b["max_seqlen"], labels=b["labels"]).loss
+                         max_seqlen=b["max_seqlen"], labels=b["labels"],
+                         prediction_indices=b["prediction_indices"]).loss
         loss.backward()
         opt.step()
 
@@ -144,7 +117,7 @@ def main() -> None:
     for seq_len, rows in cases:
         batches = packed_batches(seq_len, rows, 4, cfg.vocab_size, cfg.mask_token_id, gen)
         res = run_case(model, opt, batches, args.steps, args.warmup, device)
-        flops = [step_flops(cfg, b["lengths"], int((b["labels"] != -100).sum())) for b in batches]
+        flops = [C.step_flops(cfg, b["lengths"], int((b["labels"] != -100).sum())) for b in batches]
         tokens = [len(b["input_ids"]) for b in batches]
         rep_tokens = [tokens[i % len(batches)] for i in range(args.steps)]
         rep_flops = [flops[i % len(batches)] for i in range(args.steps)]

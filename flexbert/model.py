@@ -38,9 +38,10 @@ class FlexBertModel(nn.Module):
         position_ids: Optional[torch.Tensor] = None,
         cu_seqlens: Optional[torch.Tensor] = None,
         max_seqlen: Optional[int] = None,
+        indices: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Layout]:
         layout = describe_batch(input_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
-                                self.layout)
+                                self.layout, indices)
         ids_L = layout.to_layout(input_ids)
         cache = self.position.prepare(layout.position_ids_L)
         x = self.embeddings(ids_L, layout.position_ids_L, self.position)
@@ -105,8 +106,10 @@ class FlexBertForMaskedLM(FlexBertPreTrained):
             self.decoder.weight = self.model.embeddings.tok_embeddings.weight
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, labels=None, **unused) -> MaskedLMOutput:
-        hidden_L, layout = self.model(input_ids, attention_mask, position_ids, cu_seqlens, max_seqlen)
+                max_seqlen=None, labels=None, indices=None, prediction_indices=None,
+                **unused) -> MaskedLMOutput:
+        hidden_L, layout = self.model(input_ids, attention_mask, position_ids, cu_seqlens,
+                                      max_seqlen, indices)
         if labels is None or not self.config.sparse_prediction:
             logits = self.decoder(self.head(hidden_L))
             loss = None
@@ -114,11 +117,18 @@ class FlexBertForMaskedLM(FlexBertPreTrained):
                 loss = F.cross_entropy(logits.flatten(0, -2).float(),
                                        layout.to_layout(labels).flatten(), ignore_index=-100)
             return MaskedLMOutput(loss=loss, logits=layout.to_rows(logits))
-        labels_L = layout.to_layout(labels).flatten()
-        selected = labels_L != -100
-        logits = self.decoder(self.head(hidden_L.flatten(0, -2)[selected]))
-        loss = F.cross_entropy(logits.float(), labels_L[selected])
+        if prediction_indices is None:  # found here; costs a device sync
+            prediction_indices = (layout.to_tokens(layout.to_layout(labels)).flatten() != -100
+                                  ).nonzero().squeeze(1)
+        rows = layout.rows_of_tokens(prediction_indices)
+        logits = self.decoder(self.head(hidden_L.flatten(0, -2).index_select(0, rows)))
+        loss = F.cross_entropy(logits.float(), sparse_targets(labels, layout, prediction_indices))
         return MaskedLMOutput(loss=loss, logits=logits)
+
+
+def sparse_targets(labels: torch.Tensor, layout: Layout, prediction_indices: torch.Tensor):
+    """Labels of the predicted tokens, in the order sparse logits come out (row-major)."""
+    return labels.flatten().index_select(0, layout.indices_T.index_select(0, prediction_indices))
 
 
 class FlexBertForSequenceClassification(FlexBertPreTrained):

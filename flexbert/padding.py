@@ -77,6 +77,10 @@ class Layout:
             return x_L
         return x_L.flatten(0, 1)[self.indices_T]
 
+    def rows_of_tokens(self, token_positions: torch.Tensor) -> torch.Tensor:
+        """Positions among the real tokens [T] -> rows of this layout's flattened [N, ...] tensors."""
+        return token_positions if self.layout == "unpadded" else self.indices_T[token_positions]
+
     def cached(self, key: Any, build: Any) -> Any:
         """Per-forward cache for masks and block masks shared by all layers of one kind."""
         if key not in self.cache:
@@ -91,8 +95,14 @@ def describe_batch(
     cu_seqlens: Optional[torch.Tensor] = None,
     max_seqlen: Optional[int] = None,
     layout: str = "unpadded",
+    indices: Optional[torch.Tensor] = None,
 ) -> Layout:
-    """Reduce any accepted input form to a `Layout` in the requested layout."""
+    """Reduce any accepted input form to a `Layout` in the requested layout.
+
+    Given `cu_seqlens`, `max_seqlen` and `indices` (as the training collator provides them), no
+    step here waits on the device: every shape is known on the host. Without them they are
+    derived from the mask or positions, which costs a device sync on GPU.
+    """
     flat_input = input_ids.dim() == 1
     if flat_input:
         if cu_seqlens is None:
@@ -104,6 +114,8 @@ def describe_batch(
     device = input_ids.device
     if attention_mask is None:
         indices_T = torch.arange(rows * row_len, device=device)
+    elif indices is not None:
+        indices_T = indices.to(device=device, dtype=torch.long)
     else:
         indices_T = attention_mask.flatten().nonzero().squeeze(1)
     num_tokens = indices_T.numel()
@@ -111,12 +123,11 @@ def describe_batch(
         cu_seqlens = _doc_offsets(attention_mask, position_ids, indices_T, rows, row_len)
     cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int32)
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    if int(cu_seqlens[-1]) != num_tokens:
-        raise ValueError(f"cu_seqlens ends at {int(cu_seqlens[-1])} but the batch has "
-                         f"{num_tokens} real tokens")
+    _check_offsets(cu_seqlens, num_tokens)
     if max_seqlen is None:
         max_seqlen = int(lengths.max()) if lengths.numel() else 0
-    doc_ids_T = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)
+    doc_ids_T = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths,
+                                        output_size=num_tokens)
     if position_ids is None:
         position_ids_T = torch.arange(num_tokens, device=device) - cu_seqlens[:-1].long()[doc_ids_T]
     else:
@@ -127,6 +138,16 @@ def describe_batch(
         out.position_ids_L = out._scatter(position_ids_T, 0)
         out.doc_ids_L = out._scatter(doc_ids_T, -1)
     return out
+
+
+def _check_offsets(cu_seqlens: torch.Tensor, num_tokens: int) -> None:
+    """cu_seqlens must end at the real-token count. On an accelerator the check is queued on the
+    device (it fails at a later launch) rather than stalling the host every step."""
+    if cu_seqlens.device.type != "cpu":
+        torch._assert_async(cu_seqlens[-1] == num_tokens)
+    elif int(cu_seqlens[-1]) != num_tokens:
+        raise ValueError(f"cu_seqlens ends at {int(cu_seqlens[-1])} but the batch has "
+                         f"{num_tokens} real tokens")
 
 
 def _doc_offsets(attention_mask, position_ids, indices_T, rows, row_len) -> torch.Tensor:

@@ -44,7 +44,8 @@ def test_batch_contract(data_corpus):
     loader = build_pretraining_dataloader(_cfg(out), device_batch_size=B)
     assert isinstance(loader, DataLoader) and hasattr(loader.dataset, "state_dict")
     for b in _take(loader, 6):
-        assert set(b) == {"input_ids", "labels", "attention_mask", "position_ids", "cu_seqlens", "max_seqlen"}
+        assert set(b) == {"input_ids", "labels", "attention_mask", "position_ids", "cu_seqlens", "max_seqlen",
+                          "indices", "prediction_indices"}
         assert b["input_ids"].shape == (B, S) and b["input_ids"].dtype == torch.long
         assert b["labels"].dtype == torch.long and b["attention_mask"].dtype == torch.long
         assert b["cu_seqlens"].dtype == torch.int32 and isinstance(b["max_seqlen"], int)
@@ -58,6 +59,10 @@ def test_batch_contract(data_corpus):
         assert set(row_ends.tolist()) <= set(cu.tolist())
         assert (b["labels"][~real] == -100).all() and (b["input_ids"][~real] == loader.dataset.special["pad"]).all()
         assert packing_efficiency(b) > 0.97
+        # host-side indices: the model unpads and predicts sparsely without a device sync
+        assert torch.equal(b["indices"], real.flatten().nonzero().squeeze(1))
+        labels_T = b["labels"].flatten()[b["indices"]]
+        assert torch.equal(labels_T[b["prediction_indices"]], labels_T[labels_T != -100])
 
 
 def test_val_pass_returns_every_token_once(data_corpus):

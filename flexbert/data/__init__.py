@@ -6,12 +6,12 @@ from flexbert.data.loader import (PackedDataLoader, build_data_spec, build_pretr
                                   special_token_ids)
 from flexbert.data.masking import IGNORE_INDEX, Masker
 from flexbert.data.packing import (best_fit, collate_rows, cu_seqlens_from_positions, num_samples, num_tokens,
-                                   packing_efficiency, split_packed_batch, unpad_batch)
+                                   packing_efficiency, split_packed_batch, token_indices, unpad_batch)
 from flexbert.data.schedule import RowSchedule
 
 __all__ = [
     "DataConfig", "StreamConfig", "as_data_config", "validate_data_config", "PackedMLMDataset",
     "PackedDataLoader", "build_pretraining_dataloader", "build_data_spec", "special_token_ids",
     "IGNORE_INDEX", "Masker", "best_fit", "collate_rows", "cu_seqlens_from_positions", "num_samples",
-    "num_tokens", "packing_efficiency", "split_packed_batch", "unpad_batch", "RowSchedule",
+    "num_tokens", "packing_efficiency", "split_packed_batch", "token_indices", "unpad_batch", "RowSchedule",
 ]

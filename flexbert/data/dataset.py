@@ -18,7 +18,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from flexbert.data.config import DataConfig
 from flexbert.data.masking import Masker
-from flexbert.data.packing import best_fit, collate_rows
+from flexbert.data.packing import best_fit, collate_rows, token_indices
 from flexbert.data.schedule import RowSchedule
 from flexbert.data.streams import epoch_order, read_tokens
 
@@ -177,6 +177,7 @@ class PackedMLMDataset(IterableDataset):
         b["input_ids"], b["labels"] = self.masker(b["input_ids"], b["attention_mask"], self.prob, rng)
         out = {key: torch.from_numpy(val) for key, val in b.items() if isinstance(val, np.ndarray)}
         out["max_seqlen"] = b["max_seqlen"]
+        out.update(token_indices(out["attention_mask"], out["labels"]))
         out[META_KEY] = {"k": k, "part": part, "state": state}
         return out
 

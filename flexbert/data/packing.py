@@ -62,6 +62,20 @@ def collate_rows(rows: Sequence[Sequence[np.ndarray]], row_len: int, pad_id: int
             "cu_seqlens": starts.astype(np.int32), "max_seqlen": int(lens.max()) if len(lens) else 0}
 
 
+def token_indices(attention_mask: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict:
+    """Where the real tokens are, worked out on the host so the model's step needs no device sync.
+
+    `indices`: flat [B * S] positions of real tokens (row-major), what the model unpads with.
+    `prediction_indices`: positions within those real tokens whose label is not -100, what sparse
+    prediction gathers. Both have host-known lengths, so every shape in the step is known up front.
+    """
+    indices = attention_mask.flatten().nonzero().squeeze(1)
+    out = {"indices": indices}
+    if labels is not None:
+        out["prediction_indices"] = (labels.flatten()[indices] != -100).nonzero().squeeze(1)
+    return out
+
+
 def cu_seqlens_from_positions(position_ids: torch.Tensor, attention_mask: torch.Tensor):
     """Document offsets over real tokens: a document starts wherever its position id is 0."""
     pos = position_ids[attention_mask.bool()]
@@ -92,6 +106,8 @@ def _row_slice(batch: dict, start: int, stop: int) -> dict:
     out = {k: v[start:stop] for k, v in batch.items()
            if isinstance(v, torch.Tensor) and v.dim() == 2}
     out["cu_seqlens"], out["max_seqlen"] = cu_seqlens_from_positions(out["position_ids"], out["attention_mask"])
+    if "indices" in batch:
+        out.update(token_indices(out["attention_mask"], out.get("labels")))
     return out
 
 
@@ -119,4 +135,6 @@ def unpad_batch(batch: dict) -> dict:
     real = batch["attention_mask"].bool()
     out = {k: batch[k][real] for k in ("input_ids", "labels", "position_ids") if k in batch}
     out["cu_seqlens"], out["max_seqlen"] = cu_seqlens_from_positions(batch["position_ids"], batch["attention_mask"])
+    if "labels" in out:
+        out["prediction_indices"] = (out["labels"] != -100).nonzero().squeeze(1)
     return out

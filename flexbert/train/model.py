@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "cu_seqlens", "max_seqlen", "labels")
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "cu_seqlens", "max_seqlen", "labels",
+                "indices", "prediction_indices")
 
 
-def masked_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_targets(logits: torch.Tensor, labels: torch.Tensor,
+                   targets: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pair logits with labels of masked tokens only, whether or not the model predicted sparsely.
 
     Sparse logits are already [M, V] in row-major order of `labels != -100`, which is the order
-    boolean indexing of `labels` gives.
+    boolean indexing of `labels` gives. `targets`, when the caller has them (gathered with the
+    batch's host-computed indices), skip that boolean indexing and its device sync.
     """
+    if targets is not None and logits.dim() == 2 and logits.shape[0] == targets.shape[0]:
+        return logits, targets
     selected = labels != -100
     targets = labels[selected]
     if logits.shape[0] == targets.shape[0] and logits.dim() == 2:
@@ -36,8 +41,9 @@ class MaskedTokenLoss(Metric):
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        logits, targets = masked_targets(logits, labels)
+    def update(self, logits: torch.Tensor, labels: torch.Tensor,
+               targets: Optional[torch.Tensor] = None) -> None:
+        logits, targets = masked_targets(logits, labels, targets)
         self.total += F.cross_entropy(logits.float(), targets, reduction="sum").double()
         self.count += targets.numel()
 
@@ -55,8 +61,9 @@ class MaskedAccuracy(Metric):
         self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        logits, targets = masked_targets(logits, labels)
+    def update(self, logits: torch.Tensor, labels: torch.Tensor,
+               targets: Optional[torch.Tensor] = None) -> None:
+        logits, targets = masked_targets(logits, labels, targets)
         self.correct += (logits.argmax(-1) == targets).sum()
         self.count += targets.numel()
 
@@ -103,4 +110,12 @@ class ComposerFlexBertMLM(FlexBertComposerModel):
         super().__init__(model, _metrics() if train_metrics else {}, _metrics())
 
     def update_metric(self, batch: Mapping[str, Any], outputs: Any, metric: Metric) -> None:
-        metric.update(outputs.logits.detach(), batch["labels"])
+        metric.update(outputs.logits.detach(), batch["labels"], _batch_targets(batch))
+
+
+def _batch_targets(batch: Mapping[str, Any]) -> Optional[torch.Tensor]:
+    """Masked tokens' labels from the collator's indices (no device sync), when it sent them."""
+    if "indices" not in batch or "prediction_indices" not in batch:
+        return None
+    real = batch["labels"].flatten().index_select(0, batch["indices"])
+    return real.index_select(0, batch["prediction_indices"])
