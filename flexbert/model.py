@@ -12,6 +12,7 @@ from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutp
 from flexbert.config import ModelConfig, validate_model_config
 from flexbert.layers import (ACTIVATIONS, EMBEDDINGS, INITS, KERNELS, LAYERS, PADDINGS, POOLINGS,
                              build_norm, build_position)
+from flexbert.layers.loss import chunked_cross_entropy
 from flexbert.padding import Layout, describe_batch
 
 
@@ -122,7 +123,7 @@ class FlexBertForMaskedLM(FlexBertPreTrained):
                                   ).nonzero().squeeze(1)
         rows = layout.rows_of_tokens(prediction_indices)
         logits = self.decoder(self.head(hidden_L.flatten(0, -2).index_select(0, rows)))
-        loss = F.cross_entropy(logits.float(), sparse_targets(labels, layout, prediction_indices))
+        loss = chunked_cross_entropy(logits, sparse_targets(labels, layout, prediction_indices))
         return MaskedLMOutput(loss=loss, logits=logits)
 
 
