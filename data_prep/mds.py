@@ -21,7 +21,7 @@ import numpy as np
 
 from data_prep import DataPrepError
 from data_prep.sources import SourceOptions, iter_documents
-from data_prep.tokenizer import load_tokenizer
+from data_prep.tokenizer import load_tokenizer, save_tokenizer
 
 SPLITS = ("train", "val")
 
@@ -203,7 +203,7 @@ def build_mds(sources: list[str], opts: MdsOptions) -> dict:
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tok.save_pretrained(str(tmp / "tokenizer"))
+        save_tokenizer(tok, tmp / "tokenizer")
         start = time.perf_counter()
         counts = _write_all(opts, tmp, tok, iter_documents(sources, opts.source))
         stats = _stats(opts, counts, time.perf_counter() - start, opts.source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -48,9 +49,23 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | os.PathLik
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=8192, **_roles())
-    Path(out).mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(out))
+    save_tokenizer(fast, out)
     return fast
+
+
+def save_tokenizer(tok, out: str | os.PathLike) -> None:
+    """`save_pretrained`, readable by transformers 4 and 5 alike: 5 names the class
+    `TokenizersBackend`, which 4 cannot import; both load `PreTrainedTokenizerFast` folders."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(out))
+    path = Path(out) / "tokenizer_config.json"
+    conf = json.loads(path.read_text()) if path.is_file() else {}
+    if conf.get("tokenizer_class") == "TokenizersBackend":
+        conf["tokenizer_class"] = "PreTrainedTokenizerFast"
+        conf.pop("backend", None)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(conf, indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
 
 
 def _pad_vocab(tok, vocab_size: int) -> None:

@@ -8,6 +8,7 @@ cannot hold raises `UnsupportedConversion` naming the config key, instead of bei
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Union
 
@@ -102,6 +103,19 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     )
 
 
+def _rope_thetas(c: Any) -> dict[str, float]:
+    """Global and local rope theta from either transformers 4 (`global_rope_theta`,
+    `local_rope_theta`) or transformers 5 (`rope_parameters` per layer type)."""
+    params = getattr(c, "rope_parameters", None)
+    if isinstance(params, dict) and "full_attention" in params:
+        global_theta = params["full_attention"]["rope_theta"]
+        local_theta = params.get("sliding_attention", params["full_attention"])["rope_theta"]
+    else:
+        global_theta = c.global_rope_theta
+        local_theta = getattr(c, "local_rope_theta", None) or global_theta
+    return {"global_theta": float(global_theta), "local_theta": float(local_theta)}
+
+
 def flex_config_from_hf(hf_config: Any, **overrides: Any) -> ModelConfig:
     """A FlexBERT ModelConfig equal to a transformers ModernBertConfig."""
     c = hf_config
@@ -120,8 +134,7 @@ def flex_config_from_hf(hf_config: Any, **overrides: Any) -> ModelConfig:
                        local_window=0 if every == 1 else c.local_attention,
                        qkv_bias=c.attention_bias, out_bias=c.attention_bias,
                        dropout=c.attention_dropout),
-        position=dict(type="rope", global_theta=float(c.global_rope_theta),
-                      local_theta=float(c.local_rope_theta or c.global_rope_theta)),
+        position=dict(type="rope", **_rope_thetas(c)),
         mlp=dict(type="glu", intermediate_size=c.intermediate_size, bias=c.mlp_bias,
                  activation=_flex_activation(c.hidden_activation, "hidden_activation"),
                  dropout=c.mlp_dropout),
@@ -212,13 +225,35 @@ def load_flexbert(model_dir: PathLike) -> FlexBertForMaskedLM:
     return model
 
 
-def save_hf(model: FlexBertForMaskedLM, out_dir: PathLike, tokenizer: Any = None) -> Path:
-    """Write a Hugging Face ModernBERT folder (config.json + model.safetensors [+ tokenizer])."""
+def save_hf(model: FlexBertForMaskedLM, out_dir: PathLike, tokenizer: Any = None,
+            **config_extra: Any) -> Path:
+    """Write a Hugging Face ModernBERT folder (config.json + model.safetensors [+ tokenizer]);
+    `config_extra` adds keys to config.json (ModernBertConfig keeps unknown keys)."""
     out = Path(out_dir)
-    to_transformers(model).save_pretrained(str(out), safe_serialization=True)
+    hf_model = to_transformers(model)
+    for key, value in config_extra.items():
+        setattr(hf_model.config, key, value)
+    hf_model.save_pretrained(str(out), safe_serialization=True)
+    _write_both_rope_forms(out / "config.json", model.config)
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
+        from data_prep.tokenizer import save_tokenizer
+
+        save_tokenizer(tokenizer, out)
     return out
+
+
+def _write_both_rope_forms(path: Path, cfg: ModelConfig) -> None:
+    """transformers 4 reads `global_rope_theta`/`local_rope_theta`, 5 writes and prefers
+    `rope_parameters`; a folder saved by either must load with the right thetas in both, or a
+    phase-1 model (theta 10k) would silently run at the default 160k."""
+    conf = json.loads(path.read_text())
+    g, loc = float(cfg.position.global_theta), float(cfg.position.local_theta)
+    conf["global_rope_theta"], conf["local_rope_theta"] = g, loc
+    conf["rope_parameters"] = {"full_attention": {"rope_type": "default", "rope_theta": g},
+                               "sliding_attention": {"rope_type": "default", "rope_theta": loc}}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def read_hf_config(model_dir: PathLike) -> dict[str, Any]:

@@ -36,6 +36,9 @@ def test_tokenizer_special_tokens_and_vocab(data_tokenizer):
     assert ids == {"[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]"}
     enc = tok("hello world").input_ids
     assert enc[0] == tok.cls_token_id and enc[-1] == tok.sep_token_id
+    # transformers 5 would write `TokenizersBackend`, which transformers 4 cannot load
+    conf = json.loads((data_tokenizer / "tokenizer_config.json").read_text())
+    assert conf["tokenizer_class"] == "PreTrainedTokenizerFast"
 
 
 def test_tokenizer_rejects_bad_vocab(tmp_path):

@@ -87,7 +87,10 @@ def test_published_phase_loads_in_transformers_with_equal_logits(phases, phase, 
 
     cfg = json.loads((out / "config.json").read_text())
     theta = 10000.0 if phase == "p1" else 160000.0
+    # both forms, so transformers 4 (legacy keys) and 5 (rope_parameters) load the same thetas
     assert (cfg["global_rope_theta"], cfg["local_rope_theta"]) == (theta, 10000.0)
+    rope = cfg["rope_parameters"]
+    assert (rope["full_attention"]["rope_theta"], rope["sliding_attention"]["rope_theta"]) == (theta, 10000.0)
     assert tok.mask_token_id == cfg["mask_token_id"] == flex.config.mask_token_id
     card = (out / "README.md").read_text()
     name = {"p1": "flexbert-tiny", "p2": "context-extension", "p3": "decay"}[phase]
@@ -289,10 +292,12 @@ def fake_hub(monkeypatch):
     # What HF_ENDPOINT / HF_HUB_OFFLINE=0 would give a fresh process (constants are read at import).
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    _http.reset_sessions()
+    # huggingface_hub < 1.0 pools requests sessions, 1.x one httpx client: drop it either way.
+    reset = getattr(_http, "reset_sessions", None) or _http.close_session
+    reset()
     yield hub
     hub.server.shutdown()
-    _http.reset_sessions()
+    reset()
 
 
 def test_publish_uploads_to_a_hub_branch(phases, fake_hub, tmp_path):

@@ -205,6 +205,10 @@ def _block_mask(layout: Layout, window: Optional[int]):
 
 def flex(q, k, v, layout: Layout, window: Optional[int], dropout_p: float) -> torch.Tensor:
     """FlexAttention: document + sliding-window block mask; skips blocks no query can see."""
+    if q.device.type == "cpu" and q.requires_grad and not flex_cpu_backward():
+        raise RuntimeError(f"model.attention.kernel='flex': torch {torch.__version__} cannot run "
+                           "FlexAttention's backward on CPU; train on CPU with kernel 'sdpa' "
+                           "(flex still serves CPU inference and GPU training)")
     block_mask = _block_mask(layout, window)
     if layout.layout == "unpadded":
         q, k, v = (x.unsqueeze(0) for x in (q, k, v))
@@ -221,6 +225,21 @@ def _flex_fn():
     if not torch.cuda.is_available():
         return flex_attention
     return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=None)
+def flex_cpu_backward() -> bool:
+    """Whether this torch can backpropagate through FlexAttention on CPU (2.7 can; later releases
+    refuse with NotImplementedError). Probed once on a tiny input."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    x = torch.zeros(1, 1, 16, 16, requires_grad=True)
+    try:
+        with torch.enable_grad():
+            flex_attention(x, x, x).sum().backward()
+    except NotImplementedError:
+        return False
+    return True
 
 
 def _flex_available() -> Optional[str]:

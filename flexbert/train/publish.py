@@ -206,19 +206,18 @@ def publish_model(model: FlexBertForMaskedLM, out_dir: str | os.PathLike, info: 
                   tokenizer: Any = None, repo_id: Optional[str] = None,
                   revision: Optional[str] = None) -> Path:
     """config.json + model.safetensors (+ tokenizer files) + README.md + flexbert_checkpoint.json."""
-    from flexbert.hf import to_transformers
+    from data_prep.tokenizer import save_tokenizer
+    from flexbert.hf import save_hf
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    hf_model = to_transformers(model)
     # ModernBertConfig has no mask id; keep ours so `init_from` gets it back without a tokenizer.
-    hf_model.config.mask_token_id = model.config.mask_token_id
-    hf_model.save_pretrained(str(out), safe_serialization=True)
+    save_hf(model, out, mask_token_id=model.config.mask_token_id)
     if tokenizer is not None:
         if tokenizer.mask_token_id is not None and tokenizer.mask_token_id != model.config.mask_token_id:
             log.warning("tokenizer's [MASK] id %s differs from the model's mask_token_id %s",
                         tokenizer.mask_token_id, model.config.mask_token_id)
-        tokenizer.save_pretrained(str(out))
+        save_tokenizer(tokenizer, out)
     else:
         log.warning("no tokenizer for %s: the folder has weights and config only", out)
     (out / "README.md").write_text(model_card(info, repo_id, revision))
