@@ -117,7 +117,7 @@ def main() -> None:
     for seq_len, rows in cases:
         batches = packed_batches(seq_len, rows, 4, cfg.vocab_size, cfg.mask_token_id, gen)
         res = run_case(model, opt, batches, args.steps, args.warmup, device)
-        flops = [C.step_flops(cfg, b["lengths"], int((b["labels"] != -100).sum())) for b in batches]
+        flops = [C.step_flops(cfg, b["lengths"], b["prediction_indices"].numel()) for b in batches]
         tokens = [len(b["input_ids"]) for b in batches]
         rep_tokens = [tokens[i % len(batches)] for i in range(args.steps)]
         rep_flops = [flops[i % len(batches)] for i in range(args.steps)]

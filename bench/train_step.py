@@ -70,17 +70,19 @@ def run_case(case: C.LengthCase, steps: dict, args, device) -> dict:
               "impls": {}}
     result["impls"] = C.summarize_impls(
         times, rep_tokens, lambda name: C.peak_memory(lambda: steps[name](batches[0]), device))
+    cfg = C.model_cfg(C.SMALL)
     for name, summary in result["impls"].items():
-        summary["executed_gflops"] = round(statistics.mean(_flops(b, name) for b in batches) / 1e9, 2)
+        flops = [_flops(cfg, b, name) for b in batches]
+        summary["executed_gflops"] = round(statistics.mean(flops) / 1e9, 2)
     result["flop_ratio"] = round(result["impls"]["transformers"]["executed_gflops"]
                                  / result["impls"]["flexbert unpadded"]["executed_gflops"], 2)
     return result
 
 
-def _flops(batch: dict, impl: str) -> float:
+def _flops(cfg, batch: dict, impl: str) -> float:
     lengths = batch["attention_mask"].sum(1).tolist()
     masked = int((batch["labels"] != -100).sum())
-    return C.executed_flops(C.model_cfg(C.SMALL), lengths, masked, impl)
+    return C.executed_flops(cfg, lengths, masked, impl)
 
 
 def markdown(payload: dict) -> str:

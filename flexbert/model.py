@@ -118,18 +118,19 @@ class FlexBertForMaskedLM(FlexBertPreTrained):
                 loss = F.cross_entropy(logits.flatten(0, -2).float(),
                                        layout.to_layout(labels).flatten(), ignore_index=-100)
             return MaskedLMOutput(loss=loss, logits=layout.to_rows(logits))
+        labels_T = real_token_labels(labels, layout.indices_T)
         if prediction_indices is None:  # found here; costs a device sync
-            prediction_indices = (layout.to_tokens(layout.to_layout(labels)).flatten() != -100
-                                  ).nonzero().squeeze(1)
+            prediction_indices = (labels_T != -100).nonzero().squeeze(1)
         rows = layout.rows_of_tokens(prediction_indices)
         logits = self.decoder(self.head(hidden_L.flatten(0, -2).index_select(0, rows)))
-        loss = chunked_cross_entropy(logits, sparse_targets(labels, layout, prediction_indices))
+        loss = chunked_cross_entropy(logits, labels_T.index_select(0, prediction_indices))
         return MaskedLMOutput(loss=loss, logits=logits)
 
 
-def sparse_targets(labels: torch.Tensor, layout: Layout, prediction_indices: torch.Tensor):
-    """Labels of the predicted tokens, in the order sparse logits come out (row-major)."""
-    return labels.flatten().index_select(0, layout.indices_T.index_select(0, prediction_indices))
+def real_token_labels(labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Labels of the real tokens [T], row-major: what `prediction_indices` index into, so
+    `real_token_labels(...)[prediction_indices]` lines up with sparse logits."""
+    return labels.flatten().index_select(0, indices)
 
 
 class FlexBertForSequenceClassification(FlexBertPreTrained):

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
+from flexbert.model import real_token_labels
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "cu_seqlens", "max_seqlen", "labels",
                 "indices", "prediction_indices")
 
@@ -117,5 +119,5 @@ def _batch_targets(batch: Mapping[str, Any]) -> Optional[torch.Tensor]:
     """Masked tokens' labels from the collator's indices (no device sync), when it sent them."""
     if "indices" not in batch or "prediction_indices" not in batch:
         return None
-    real = batch["labels"].flatten().index_select(0, batch["indices"])
-    return real.index_select(0, batch["prediction_indices"])
+    labels_T = real_token_labels(batch["labels"], batch["indices"])
+    return labels_T.index_select(0, batch["prediction_indices"])
