@@ -13,6 +13,7 @@ from composer.callbacks import LRMonitor
 from composer.loggers import WandBLogger
 from composer.utils import dist, maybe_create_object_store_from_uri, parse_uri, reproducibility
 
+from flexbert.checkpoint_reader import guard_composer_loads
 from flexbert.train import data as train_data
 from flexbert.train.callbacks import (GradNorm, MetricsJSONL, PackingEfficiency, Throughput,
                                       device_peak_flops, flops_per_token)
@@ -181,6 +182,7 @@ def load_ignore_keys(cfg: RecipeConfig) -> Optional[list[str]]:
 def build_trainer(recipe: Recipe) -> Trainer:
     """Model, data, optimizer, schedule, callbacks, loggers and checkpointing -> Trainer."""
     cfg, tcfg = recipe.cfg, recipe.cfg.trainer
+    guard_composer_loads(cfg.trust_checkpoint)  # load_path / autoresume: never a full unpickle
     reproducibility.seed_all(cfg.seed)  # the same initial weights on every rank and every run
     from flexbert.model import FlexBertForMaskedLM
 
@@ -188,7 +190,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
     if recipe.init_from:  # continual pretraining: weights only, the optimizer below starts fresh
         from flexbert.train.continual import load_init_weights
 
-        load_init_weights(model.model, recipe.init_from)
+        load_init_weights(model.model, recipe.init_from, cfg.trust_checkpoint)
     device = pick_device(tcfg)
     optimizer = build_optimizer(model.model, cfg.optimizer)
     keep_config = ApplyOptimizerConfig(cfg.optimizer.lr,

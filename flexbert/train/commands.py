@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from flexbert.checkpoint_reader import TRUST_FLAG
 from flexbert.cli import command
 
 
@@ -18,6 +19,13 @@ def _publish_args(parser: argparse.ArgumentParser) -> None:
                         "{phase}, {step}, {tokens} are filled in (default: main)")
     parser.add_argument("--config", help="the recipe YAML, only for checkpoints that carry no "
                         "model config")
+    _trust_arg(parser)
+
+
+def _trust_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(TRUST_FLAG, dest="trust", action="store_true",
+                        help="load checkpoints that need full unpickling (this can run code "
+                        "stored in the file; only for files you trust). Default: refused")
 
 
 @command("publish", "Composer checkpoint -> Hugging Face ModernBERT folder [-> Hub branch]",
@@ -31,7 +39,7 @@ def publish(args: argparse.Namespace) -> int:
     if args.revision and not args.repo_id:
         raise ValueError("--revision needs --repo-id")
     out = publish_checkpoint(args.checkpoint, args.out_dir, args.tokenizer, args.repo_id,
-                             args.revision, args.config)
+                             args.revision, args.config, args.trust)
     print(f"wrote Hugging Face ModernBERT folder to {out}")
     if args.repo_id:
         print(f"uploaded to {args.repo_id}" + (f" at {args.revision}" if args.revision else ""))
@@ -43,12 +51,13 @@ def _average_args(parser: argparse.ArgumentParser) -> None:
                         help="Composer checkpoints (or HF / FlexBERT folders) with one architecture")
     parser.add_argument("out", help="OUT.pt: a weights-only checkpoint; otherwise an HF folder")
     parser.add_argument("--tokenizer", help="tokenizer for an HF folder output")
+    _trust_arg(parser)
 
 
 @command("average", "average the weights of several checkpoints (CKPT... OUT)", _average_args)
 def average(args: argparse.Namespace) -> int:
     from flexbert.train.publish import average_checkpoints
 
-    out = average_checkpoints(args.sources, args.out, args.tokenizer)
+    out = average_checkpoints(args.sources, args.out, args.tokenizer, args.trust)
     print(f"wrote the average of {len(args.sources)} checkpoints to {out}")
     return 0

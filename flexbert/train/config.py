@@ -121,6 +121,7 @@ class RecipeConfig:
     load_strict: bool = True
     load_ignore_keys: list[str] = field(default_factory=list)
     reset_time: bool = False                # a new phase restarts the time counters
+    trust_checkpoint: bool = False          # allow checkpoints that need full unpickling (can run code)
     model: Any = None                       # {preset: model/x.yaml, <ModelConfig overrides>}
     data: Any = None                        # flexbert.data's DataConfig (validated there)
     batch: BatchConfig = field(default_factory=BatchConfig)
@@ -168,10 +169,18 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     has_preset = merged.model is not None and merged.model.get("preset") is not None
     model_tree = resolve_model_tree(merged.model, path)
     init_from = model_tree.pop("init_from", None)
+    if init_from and has_preset:  # a typo in a local path: one line now, not a Hub download later
+        from flexbert.checkpoint_reader import source_kind
+
+        try:
+            source_kind(init_from)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
     if init_from and not has_preset:  # the architecture comes from the source, the recipe overrides
         from flexbert.train.continual import source_model_config
 
-        model = source_model_config(init_from, model_tree, str(path))
+        model = source_model_config(init_from, model_tree, str(path),
+                                    trust=bool(merged.trust_checkpoint))
     else:
         model = model_config(model_tree, str(path), "model")
     data = _data_config(merged, str(path))

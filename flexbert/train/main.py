@@ -67,10 +67,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from flexbert.checkpoint_reader import UnreadableCheckpoint, UnsafeCheckpoint
     from flexbert.train.builder import build_trainer
+    from flexbert.train.resume import preflight
 
-    trainer = build_trainer(recipe)
-    trainer.fit()
+    try:
+        preflight(recipe)
+        trainer = build_trainer(recipe)
+        trainer.fit()
+    except (UnsafeCheckpoint, UnreadableCheckpoint, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     export_hf(recipe, trainer)
     trainer.close()
     return 0

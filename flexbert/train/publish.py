@@ -22,11 +22,11 @@ from composer.loggers import Logger
 from composer.utils import dist
 from omegaconf import OmegaConf
 
-from flexbert.config import ModelConfig, model_config, to_yaml
+from flexbert.checkpoint_reader import INFO_KEY, load_weights, read_source
+from flexbert.config import ModelConfig, to_yaml
 from flexbert.model import FlexBertForMaskedLM
 
 log = logging.getLogger(__name__)
-INFO_KEY = "PhaseInfo"              # the callback's qualname: its key in state["callbacks"]
 INFO_FILE = "flexbert_checkpoint.json"
 
 
@@ -76,79 +76,25 @@ def total_tokens(info: dict) -> int:
                                               for h in info.get("history", []))
 
 
-# --- reading checkpoints ------------------------------------------------------------------------------
+# --- reading checkpoints (flexbert.checkpoint_reader does the reading) -----------------------------
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The `state` dict of a Composer checkpoint (memory-mapped where torch can)."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "state" not in ckpt or "model" not in ckpt["state"]:
-        raise ValueError(f"{path}: not a Composer checkpoint (no state.model)")
-    return ckpt["state"]
-
-
-def model_state(state: dict) -> dict[str, torch.Tensor]:
-    """FlexBertForMaskedLM's own parameter names: the Composer wrapper's `model.` (and DDP's
-    `module.`) prefixes removed."""
-    out = {}
-    for key, value in state["model"].items():
-        for prefix in ("module.", "model."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
-
-
-def checkpoint_info(state: dict, path: str = "") -> dict:
-    """PhaseInfo from the checkpoint, or what the timestamp tells for older checkpoints."""
-    info = dict((state.get("callbacks") or {}).get(INFO_KEY) or {})
-    if not info:
-        ts = state.get("timestamp") or {}
-        info = {"phase": None, "step": int(ts.get("batch", 0)), "tokens": int(ts.get("token", 0)),
-                "history": []}
-    info["checkpoint"] = os.path.basename(os.path.realpath(path)) if path else None
-    return info
-
-
-def checkpoint_model(path: str | os.PathLike, config: Optional[str] = None,
+def checkpoint_model(path: str | os.PathLike, config: Optional[str] = None, trust: bool = False,
                      ) -> tuple[FlexBertForMaskedLM, dict]:
     """(model with the checkpoint's weights, its info). The model config comes from the
     checkpoint; `config` (a recipe YAML) is needed only for checkpoints without PhaseInfo."""
-    state = read_checkpoint(path)
-    info = checkpoint_info(state, str(path))
+    source = read_source(str(path), trust, key="checkpoint")
     if config:
         from flexbert.train.config import load_recipe
 
         cfg = load_recipe(config).model
-    elif info.get("model_config"):
-        cfg = model_config(OmegaConf.create(info["model_config"]), source=f"{path}: PhaseInfo")
+    elif source.config is not None:
+        cfg = source.config
     else:
         raise ValueError(f"{path}: the checkpoint carries no model config (written before "
                          "PhaseInfo existed); pass the recipe it was trained with: --config YAML")
     model = FlexBertForMaskedLM(cfg)
-    load_weights(model, model_state(state), str(path))
-    return model.eval(), info
-
-
-def load_weights(model: FlexBertForMaskedLM, weights: dict[str, torch.Tensor], source: str) -> None:
-    """Every parameter must be present with the same shape; rotary buffers are never loaded."""
-    weights = {k: v for k, v in weights.items() if "inv_freq" not in k}
-    own = model.state_dict()
-    missing = [k for k in own if k not in weights and not (
-        k == "decoder.weight" and model.config.head.tie_word_embeddings)]
-    unexpected = [k for k in weights if k not in own]
-    shapes = [f"{k}: {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in weights and weights[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(f"{source}: weights do not fit the model config; missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
-    model.load_state_dict(weights, strict=False)
-    model.tie_weights()
+    load_weights(model, source.weights, str(path))
+    return model.eval(), source.info
 
 
 # --- writing a Hugging Face folder -----------------------------------------------------------------
@@ -251,9 +197,9 @@ UPLOADER: Callable[..., Any] = upload
 
 def publish_checkpoint(checkpoint: str, out_dir: str, tokenizer: Optional[str] = None,
                        repo_id: Optional[str] = None, revision: Optional[str] = None,
-                       config: Optional[str] = None) -> Path:
+                       config: Optional[str] = None, trust: bool = False) -> Path:
     """`flexbert publish`: a checkpoint -> HF folder [-> Hub branch]."""
-    model, info = checkpoint_model(checkpoint, config)
+    model, info = checkpoint_model(checkpoint, config, trust)
     tok_source = tokenizer or _existing_dir(info.get("tokenizer"))
     revision = format_revision(revision, info) if revision else None
     out = publish_model(model, out_dir, info, load_tokenizer(tok_source), repo_id, revision)
@@ -337,22 +283,8 @@ class Publish(Callback):
 
 # --- averaging -------------------------------------------------------------------------------------------
 
-def _weights_of(source: str) -> tuple[dict[str, torch.Tensor], dict, Optional[ModelConfig]]:
-    """(weights, info, config) of a Composer checkpoint or a Hugging Face / FlexBERT folder."""
-    if os.path.isfile(source):
-        state = read_checkpoint(source)
-        info = checkpoint_info(state, source)
-        cfg = (model_config(OmegaConf.create(info["model_config"]), source=source)
-               if info.get("model_config") else None)
-        return model_state(state), info, cfg
-    from flexbert.train.continual import load_source_model
-
-    model = load_source_model(source)
-    return model.state_dict(), {"phase": None, "step": 0, "tokens": 0, "history": [],
-                                "model_config": to_yaml(model.config)}, model.config
-
-
-def average_checkpoints(sources: Sequence[str], out: str, tokenizer: Optional[str] = None) -> Path:
+def average_checkpoints(sources: Sequence[str], out: str, tokenizer: Optional[str] = None,
+                        trust: bool = False) -> Path:
     """Mean of the weights (in fp32) of several checkpoints with the same architecture. `out`
     ending in `.pt` is a weights-only Composer-style checkpoint (`flexbert publish` and
     `model.init_from` read it); anything else becomes a published HF folder."""
@@ -361,9 +293,9 @@ def average_checkpoints(sources: Sequence[str], out: str, tokenizer: Optional[st
     total: dict[str, torch.Tensor] = {}
     infos, cfg = [], None
     for source in sources:
-        weights, info, this_cfg = _weights_of(source)
-        weights = {k: v for k, v in weights.items() if "inv_freq" not in k}
-        cfg = cfg or this_cfg
+        read = read_source(source, trust, key="average")
+        weights = {k: v for k, v in read.weights.items() if "inv_freq" not in k}
+        info, cfg = read.info, cfg or read.config
         if total and (weights.keys() != total.keys() or any(
                 weights[k].shape != total[k].shape for k in total)):
             raise ValueError(f"{source}: its weights do not match {sources[0]}'s (names or shapes)")
