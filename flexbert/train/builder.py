@@ -76,7 +76,7 @@ def build_saver(cfg: RecipeConfig) -> Optional[AtomicCheckpointSaver]:
         # used when remote_file_name is set.
         latest_remote_file_name=remote + LATEST_NAME,
         save_interval=cfg.save_interval,
-        overwrite=cfg.save_overwrite or cfg.autoresume,
+        overwrite=cfg.save_overwrite or cfg.autoresume or cfg.restart,
         num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
     )
 
@@ -146,12 +146,14 @@ def publish_callbacks(recipe: Recipe) -> list:
     """PhaseInfo (the model config, phase, step and tokens in every checkpoint, for `flexbert
     publish`) and, when `callbacks.publish.enabled`, the Publish callback."""
     from flexbert.train.publish import PhaseInfo, Publish
+    from flexbert.train.resume import made_from
 
     cfg, pub = recipe.cfg, recipe.cfg.callbacks.publish
     tokenizer = pub.tokenizer or cfg.export.tokenizer or os.path.join(cfg.data_dir, "tokenizer")
     tokenizer = os.path.abspath(tokenizer) if os.path.isdir(tokenizer) else tokenizer
     info = PhaseInfo(recipe.model, cfg.phase or cfg.run_name, cfg.run_name,
-                     train_data.seq_len_and_mask_rate(recipe.data)[0], tokenizer, recipe.init_from)
+                     train_data.seq_len_and_mask_rate(recipe.data)[0], tokenizer, recipe.init_from,
+                     made_from(recipe))
     if not (pub.enabled and cfg.save_folder):
         return [info]
     folder = pub.folder if os.path.isabs(pub.folder) else os.path.join(

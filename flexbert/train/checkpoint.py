@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
+
 from composer.callbacks import CheckpointSaver
 from composer.core import State
 from composer.loggers import Logger
-from composer.utils import dist
+from composer.utils import dist, format_name_with_dist
 
 
 def point_symlink(link: str, target: str) -> None:
@@ -36,6 +38,24 @@ class AtomicCheckpointSaver(CheckpointSaver):
         # Composer polls every 30 s for the checkpoint object before uploading `latest.symlink`;
         # fit's end waits on that, so a short run would idle ~30 s per checkpoint.
         self._symlink_upload_wait_before_next_try_in_seconds = upload_poll_seconds
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        super().fit_start(state, logger)
+        self._count_earlier_checkpoints(state)
+
+    def _count_earlier_checkpoints(self, state: State) -> None:
+        """Retention counts every checkpoint in the folder, not only this process's: earlier
+        launches' files (up to where this one starts) join the front of the queue."""
+        if state.fsdp_sharded_state_dict_enabled or self.num_checkpoints_to_keep < 0:
+            return
+        folder = pathlib.Path(format_name_with_dist(self.folder, state.run_name))
+        pattern = re.compile(r"^ep\d+-ba(\d+)-rank%d\.pt$" % dist.get_global_rank())
+        start = int(state.timestamp.batch)
+        earlier = sorted((int(m.group(1)), str(p)) for p in folder.glob("*.pt")
+                         if (m := pattern.match(p.name)) and not p.is_symlink()
+                         and int(m.group(1)) <= start)
+        known = {os.path.realpath(p) for p in self.saved_checkpoints}
+        self.saved_checkpoints[:0] = [p for _, p in earlier if os.path.realpath(p) not in known]
 
     def _save_checkpoint(self, state: State, logger: Logger) -> None:
         latest, self.latest_filename = self.latest_filename, None

@@ -115,6 +115,7 @@ class RecipeConfig:
     save_interval: str = "1000ba"
     save_num_checkpoints_to_keep: int = -1
     save_overwrite: bool = False            # forced on with autoresume (a crashed write is redone)
+    restart: bool = False                   # remove save_folder's previous run first, then train
     autoresume: bool = False
     load_path: Optional[str] = None
     load_weights_only: bool = False

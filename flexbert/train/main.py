@@ -29,6 +29,7 @@ def export_hf(recipe, trainer) -> Optional[Path]:
 
     from flexbert.hf import save_hf
     from flexbert.train.builder import local_save_folder
+    from flexbert.train.rerun import export_tokenizer
 
     cfg = recipe.cfg
     if not cfg.export.hf_folder or dist.get_global_rank() != 0:
@@ -40,21 +41,12 @@ def export_hf(recipe, trainer) -> Optional[Path]:
     out = Path(cfg.export.hf_folder)
     if not out.is_absolute():
         out = Path(local_save_folder(cfg.save_folder or ".")) / out
-    tokenizer = _tokenizer(cfg.export.tokenizer or os.path.join(cfg.data_dir, "tokenizer"))
+    tokenizer = export_tokenizer(cfg)
     wrapped = trainer.state.model  # DistributedDataParallel around the ComposerModel under DDP
     save_hf(getattr(wrapped, "module", wrapped).model, out, tokenizer)
     log.info("wrote Hugging Face model folder %s", out)
     print(f"Hugging Face model folder: {out}", flush=True)
     return out
-
-
-def _tokenizer(path: str):
-    if not os.path.isdir(path):
-        log.warning("no tokenizer at %s; the HF folder has weights and config only", path)
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -69,14 +61,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from flexbert.checkpoint_reader import UnreadableCheckpoint, UnsafeCheckpoint
     from flexbert.train.builder import build_trainer
-    from flexbert.train.resume import preflight
+    from flexbert.train.rerun import finish, is_rank_zero, plan_run
 
     try:
-        preflight(recipe)
+        plan = plan_run(recipe)
+        if plan.finished:
+            finish(recipe, plan.finished)
+            return 0
         trainer = build_trainer(recipe)
         trainer.fit()
     except (UnsafeCheckpoint, UnreadableCheckpoint, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        if is_rank_zero():  # every rank finds the same; one line, not one per rank
+            print(f"error: {err}", file=sys.stderr)
         return 2
     export_hf(recipe, trainer)
     trainer.close()

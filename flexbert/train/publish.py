@@ -41,8 +41,10 @@ class PhaseInfo(Callback):
     """
 
     def __init__(self, model_cfg: ModelConfig, phase: str, run_name: str, max_seq_len: int,
-                 tokenizer: Optional[str] = None, init_from: Optional[str] = None):
+                 tokenizer: Optional[str] = None, init_from: Optional[str] = None,
+                 made_from: Optional[dict] = None):
         self.model_yaml = to_yaml(model_cfg)
+        self.made_from = made_from or {}  # data, tokenizer, ranks: see flexbert.train.resume
         self.phase, self.run_name, self.max_seq_len = phase, run_name, max_seq_len
         self.tokenizer = tokenizer
         self.history: list[dict] = [{"init_from": init_from}] if init_from else []
@@ -58,7 +60,7 @@ class PhaseInfo(Callback):
         return {"version": 1, "model_config": self.model_yaml, "phase": self.phase,
                 "run_name": self.run_name, "max_seq_len": self.max_seq_len,
                 "tokenizer": self.tokenizer, "step": step, "tokens": tokens,
-                "history": [dict(h) for h in self.history]}
+                "made_from": self.made_from, "history": [dict(h) for h in self.history]}
 
     def state_dict(self) -> dict:
         return self.current()
