@@ -19,6 +19,7 @@ from flexbert.train.callbacks import (GradNorm, MetricsJSONL, PackingEfficiency,
                                       device_peak_flops, flops_per_token)
 from flexbert.train.checkpoint import AtomicCheckpointSaver
 from flexbert.train.config import Recipe, RecipeConfig, TrainerConfig
+from flexbert.train.guard import StopOnNonFiniteLoss
 from flexbert.train.model import ComposerFlexBertMLM
 from flexbert.train.optim import ApplyOptimizerConfig, build_optimizer
 from flexbert.train.schedules import build_scheduler
@@ -197,6 +198,9 @@ def build_trainer(recipe: Recipe) -> Trainer:
     optimizer = build_optimizer(model.model, cfg.optimizer)
     keep_config = ApplyOptimizerConfig(cfg.optimizer.lr,
                                        [g["weight_decay"] for g in optimizer.param_groups])
+    loggers = build_loggers(cfg)
+    jsonl = next((d for d in loggers if isinstance(d, MetricsJSONL)), None)
+    stop_on_nan = StopOnNonFiniteLoss(jsonl.flush if jsonl else None)  # first: before any save
     train_spec = train_data.train_dataspec(recipe)
     evaluator = Evaluator(label="eval", dataloader=train_data.eval_dataspec(recipe),
                           metric_names=list(model.eval_metrics),
@@ -211,7 +215,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
         device_train_microbatch_size=tcfg.device_train_microbatch_size,
         accumulate_train_batch_on_tokens=True,
         algorithms=[GradientClipping("norm", tcfg.grad_clip_norm)] if tcfg.grad_clip_norm > 0 else [],
-        callbacks=[keep_config, *build_callbacks(recipe)], loggers=build_loggers(cfg),
+        callbacks=[stop_on_nan, keep_config, *build_callbacks(recipe)], loggers=loggers,
         autoresume=cfg.autoresume, load_path=cfg.load_path,
         load_weights_only=cfg.load_weights_only, load_strict_model_weights=cfg.load_strict,
         load_ignore_keys=load_ignore_keys(cfg), load_progress_bar=False,

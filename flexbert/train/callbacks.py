@@ -4,7 +4,6 @@ metrics.jsonl that scripts can read without parsing the console."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections import deque
@@ -114,7 +113,8 @@ class MetricsJSONL(LoggerDestination):
     seconds), then every
     other metric logged during that step under its Composer name. Eval metrics join the step they
     ran after. Appends, so a resumed run continues the same file (a step redone after a crash
-    appears twice; the later line is the one that counts)."""
+    appears twice; the later line is the one that counts). Non-finite values are kept (written as
+    NaN / Infinity, which Python's json reads): a diverging run must show where it diverged."""
 
     def __init__(self, path: str, upload: Optional[Callable[[str], None]] = None):
         super().__init__()
@@ -126,18 +126,18 @@ class MetricsJSONL(LoggerDestination):
         for key, value in metrics.items():
             if isinstance(value, torch.Tensor):
                 value = value.detach().float().item() if value.numel() == 1 else None
-            if isinstance(value, (int, float)) and math.isfinite(float(value)):
+            if isinstance(value, (int, float)):
                 self.pending[key] = value
 
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
-        self._flush(state)
+        self.flush(state)
 
     def fit_end(self, state: State, logger: Logger) -> None:
-        self._flush(state)
+        self.flush(state)
         if self.upload is not None and dist.get_global_rank() == 0 and os.path.exists(self.path):
             self.upload(self.path)
 
-    def _flush(self, state: State) -> None:
+    def flush(self, state: State) -> None:
         if dist.get_global_rank() != 0 or "loss/train/total" not in self.pending:
             self.pending.clear()
             return

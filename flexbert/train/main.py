@@ -29,6 +29,7 @@ def export_hf(recipe, trainer) -> Optional[Path]:
 
     from flexbert.hf import save_hf
     from flexbert.train.builder import local_save_folder
+    from flexbert.train.guard import check_finite
     from flexbert.train.rerun import export_tokenizer
 
     cfg = recipe.cfg
@@ -43,7 +44,9 @@ def export_hf(recipe, trainer) -> Optional[Path]:
         out = Path(local_save_folder(cfg.save_folder or ".")) / out
     tokenizer = export_tokenizer(cfg)
     wrapped = trainer.state.model  # DistributedDataParallel around the ComposerModel under DDP
-    save_hf(getattr(wrapped, "module", wrapped).model, out, tokenizer)
+    model = getattr(wrapped, "module", wrapped).model
+    check_finite(model, str(out))
+    save_hf(model, out, tokenizer)
     log.info("wrote Hugging Face model folder %s", out)
     print(f"Hugging Face model folder: {out}", flush=True)
     return out
@@ -61,7 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from flexbert.checkpoint_reader import UnreadableCheckpoint, UnsafeCheckpoint
     from flexbert.train.builder import build_trainer
-    from flexbert.train.rerun import finish, is_rank_zero, plan_run
+    from flexbert.train.guard import NonFiniteLoss
+    from flexbert.train.rerun import finish, is_rank_zero, last_good, plan_run
 
     try:
         plan = plan_run(recipe)
@@ -74,6 +78,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if is_rank_zero():  # every rank finds the same; one line, not one per rank
             print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as err:
+        if is_rank_zero():
+            print(f"error: {err}: stopped before saving it; {last_good(recipe)}", file=sys.stderr)
+        return 3
     export_hf(recipe, trainer)
     trainer.close()
     return 0

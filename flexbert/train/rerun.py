@@ -23,7 +23,7 @@ from composer.utils import parse_uri
 from flexbert.checkpoint_reader import load_checkpoint_state
 from flexbert.config import ConfigError
 from flexbert.train.config import Recipe
-from flexbert.train.resume import check_fits, newest_loadable, repoint_latest
+from flexbert.train.resume import check_fits, checkpoints_in, newest_loadable, repoint_latest
 
 # A timestamp field per max_duration unit; batches and epochs end exactly, samples and tokens
 # overshoot on the last step.
@@ -144,11 +144,24 @@ def finish(recipe: Recipe, checkpoint: Path) -> Optional[Path]:
     return out
 
 
+def last_good(recipe: Recipe) -> str:
+    """Where a stopped run can be picked up from, for its final message."""
+    folder = _local_folder(recipe.cfg)
+    found = checkpoints_in(folder) if folder else []
+    if not found:
+        return "no checkpoint was written before it"
+    return (f"the last good checkpoint is {found[0]} ({folder}/latest-rank0.pt); lower "
+            "optimizer.lr (or clip with trainer.grad_clip_norm) and relaunch with autoresume=true")
+
+
 def export_checkpoint(recipe: Recipe, checkpoint: Path, out: Path) -> None:
     from flexbert.hf import save_hf
     from flexbert.train.publish import checkpoint_model
 
+    from flexbert.train.guard import check_finite
+
     model, _ = checkpoint_model(checkpoint, trust=recipe.cfg.trust_checkpoint)
+    check_finite(model, str(out))
     save_hf(model, out, export_tokenizer(recipe.cfg))
     print(f"Hugging Face model folder: {out} (from {checkpoint.name})", flush=True)
 
