@@ -138,9 +138,8 @@ def build_callbacks(recipe: Recipe) -> list:
         callbacks.append(GradNorm())
     if cfg.callbacks.packing_efficiency:
         callbacks.append(PackingEfficiency(train_data.packing_efficiency))
-    callbacks += publish_callbacks(recipe)
-    saver = build_saver(cfg)
-    return callbacks + ([saver] if saver else [])
+    saver = build_saver(cfg)  # before Publish: a step's checkpoint is on disk before its upload
+    return callbacks + ([saver] if saver else []) + publish_callbacks(recipe)
 
 
 def publish_callbacks(recipe: Recipe) -> list:

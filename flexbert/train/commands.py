@@ -56,7 +56,7 @@ def _average_args(parser: argparse.ArgumentParser) -> None:
 
 @command("average", "average the weights of several checkpoints (CKPT... OUT)", _average_args)
 def average(args: argparse.Namespace) -> int:
-    from flexbert.train.publish import average_checkpoints
+    from flexbert.train.average import average_checkpoints
 
     out = average_checkpoints(args.sources, args.out, args.tokenizer, args.trust)
     print(f"wrote the average of {len(args.sources)} checkpoints to {out}")

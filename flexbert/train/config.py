@@ -7,6 +7,7 @@ are typed here so a misspelt key fails at load time with its full path.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -241,6 +242,10 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
         fail("optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
     if len(cfg.optimizer.betas) != 2:
         fail("optimizer.betas", f"needs two values, got {cfg.optimizer.betas}")
+    if cfg.callbacks.publish.enabled and (
+            not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", cfg.phase) or ".." in cfg.phase):
+        fail("phase", f"{cfg.phase!r} is not a safe name (letters, digits, '.', '_', '-'; it "
+             "names published folders and Hub branches)")
     if cfg.autoresume and not cfg.save_folder:
         fail("autoresume", "needs save_folder (where the checkpoints to resume from live)")
     publish = cfg.callbacks.publish

@@ -1,4 +1,4 @@
-"""Composer checkpoints -> Hugging Face ModernBERT folders (+ model card), Hub uploads, averaging.
+"""Composer checkpoints -> Hugging Face ModernBERT folders (+ model card) [-> the Hub].
 
 Every checkpoint written by `train.py` carries a `PhaseInfo` callback state: the resolved model
 config, the phase's name, its step and tokens, and the phases before it. `flexbert publish` needs
@@ -6,6 +6,9 @@ nothing but the checkpoint (and a tokenizer); the folder it writes is what
 `transformers.AutoModelForMaskedLM.from_pretrained` loads, with a README.md model card that names
 the phase, the step and the tokens seen. `--repo-id` uploads it to a branch of a Hub repository
 (Pythia-style: one revision per intermediate checkpoint).
+
+A published folder holds exactly what was published last (written beside it, then swapped in)
+and no paths of this machine; uploads during training run in the background (flexbert.train.hub).
 """
 
 from __future__ import annotations
@@ -13,21 +16,49 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
-import torch
-from composer.core import Callback, State, Time, TimeUnit
+from composer.core import Callback, State, Time
 from composer.loggers import Logger
 from composer.utils import dist
 from omegaconf import OmegaConf
 
-from flexbert.checkpoint_reader import INFO_KEY, load_weights, read_source
+from flexbert.checkpoint_reader import load_weights, read_source
 from flexbert.config import ModelConfig, to_yaml
 from flexbert.model import FlexBertForMaskedLM
+from flexbert.train.hub import BackgroundUploads, upload_with_retries
 
 log = logging.getLogger(__name__)
 INFO_FILE = "flexbert_checkpoint.json"
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_safe_name(name: str, key: str) -> str:
+    """Phase and revision names become folder names: no separators, no `..`."""
+    if not SAFE_NAME.match(name or "") or ".." in name:
+        raise ValueError(f"{key}: {name!r} is not a safe name (letters, digits, '.', '_', '-'; "
+                         "no '/' or '..')")
+    return name
+
+
+def public_name(source: Optional[str]) -> Optional[str]:
+    """A Hub name as it is; a local path as its last component (no paths of this machine)."""
+    if not source:
+        return source
+    source = str(source)
+    if os.path.isabs(source) or source.startswith((".", "~")) or os.path.exists(source):
+        return os.path.basename(os.path.normpath(source))
+    return source
+
+
+def public_info(info: dict) -> dict:
+    out = dict(info, tokenizer=public_name(info.get("tokenizer")))
+    out["history"] = [dict(h, init_from=public_name(h["init_from"])) if "init_from" in h else h
+                      for h in info.get("history", [])]
+    return out
 
 
 # --- what a checkpoint knows about itself ----------------------------------------------------------
@@ -153,12 +184,31 @@ def model_card(info: dict, repo_id: Optional[str] = None, revision: Optional[str
 def publish_model(model: FlexBertForMaskedLM, out_dir: str | os.PathLike, info: dict,
                   tokenizer: Any = None, repo_id: Optional[str] = None,
                   revision: Optional[str] = None) -> Path:
-    """config.json + model.safetensors (+ tokenizer files) + README.md + flexbert_checkpoint.json."""
+    """config.json + model.safetensors (+ tokenizer files) + README.md + flexbert_checkpoint.json,
+    written to a temporary folder that then replaces `out_dir` (no stale files survive)."""
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not (out / INFO_FILE).is_file():
+        raise ValueError(f"{out}: exists and is not a folder written by `flexbert publish`; "
+                         "choose a new or empty folder")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    _write_published(model, tmp, public_info(info), tokenizer, repo_id, revision)
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
+    return out
+
+
+def _write_published(model: FlexBertForMaskedLM, out: Path, info: dict, tokenizer: Any,
+                     repo_id: Optional[str], revision: Optional[str]) -> None:
     from data_prep.tokenizer import save_tokenizer
     from flexbert.hf import save_hf
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     # ModernBertConfig has no mask id; keep ours so `init_from` gets it back without a tokenizer.
     save_hf(model, out, mask_token_id=model.config.mask_token_id)
     if tokenizer is not None:
@@ -172,29 +222,6 @@ def publish_model(model: FlexBertForMaskedLM, out_dir: str | os.PathLike, info: 
     meta = {k: v for k, v in info.items() if k != "model_config"}
     meta["tokens_all_phases"] = total_tokens(info)
     (out / INFO_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    return out
-
-
-# --- the Hub -------------------------------------------------------------------------------------------
-
-def upload(folder: str | os.PathLike, repo_id: str, revision: Optional[str] = None,
-           token: Optional[str] = None, commit_message: Optional[str] = None) -> str:
-    """Upload `folder` to `repo_id` at branch `revision` (created from main if missing).
-    HF_ENDPOINT picks the server (read at call time, not at import). Returns the commit URL."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
-    api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    if revision and revision != "main":
-        api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                             revision=revision or None,
-                             commit_message=commit_message or f"Upload {Path(folder).name}")
-    return str(getattr(info, "commit_url", info))
-
-
-# The seam tests (and dry runs) replace: called as UPLOADER(folder, repo_id, revision).
-UPLOADER: Callable[..., Any] = upload
 
 
 def publish_checkpoint(checkpoint: str, out_dir: str, tokenizer: Optional[str] = None,
@@ -202,21 +229,22 @@ def publish_checkpoint(checkpoint: str, out_dir: str, tokenizer: Optional[str] =
                        config: Optional[str] = None, trust: bool = False) -> Path:
     """`flexbert publish`: a checkpoint -> HF folder [-> Hub branch]."""
     model, info = checkpoint_model(checkpoint, config, trust)
-    tok_source = tokenizer or _existing_dir(info.get("tokenizer"))
+    tok_source = tokenizer or existing_dir(info.get("tokenizer"))
     revision = format_revision(revision, info) if revision else None
     out = publish_model(model, out_dir, info, load_tokenizer(tok_source), repo_id, revision)
     if repo_id:
-        url = UPLOADER(str(out), repo_id, revision)
+        url = upload_with_retries(str(out), repo_id, revision)
         log.info("uploaded %s to %s@%s: %s", out, repo_id, revision or "main", url)
     return out
 
 
 def format_revision(template: str, info: dict) -> str:
-    return template.format(phase=info.get("phase") or "phase", step=info.get("step", 0),
+    name = template.format(phase=info.get("phase") or "phase", step=info.get("step", 0),
                            tokens=info.get("tokens", 0))
+    return check_safe_name(name, "revision")
 
 
-def _existing_dir(path: Optional[str]) -> Optional[str]:
+def existing_dir(path: Optional[str]) -> Optional[str]:
     return path if path and os.path.isdir(path) else None
 
 
@@ -235,6 +263,7 @@ class Publish(Callback):
         self.at_end, self.repo_id, self.revision = at_end, repo_id, revision
         self.tokenizer_source = tokenizer
         self.published: list[Path] = []
+        self.uploads = BackgroundUploads()
         self._last_step: Optional[int] = None
         self._next: Optional[float] = None
 
@@ -246,7 +275,8 @@ class Publish(Callback):
             done = self._elapsed(state) // self.every.value
             self._next = (done + 1) * self.every.value
 
-    def batch_end(self, state: State, logger: Logger) -> None:
+    def batch_checkpoint(self, state: State, logger: Logger) -> None:
+        """After the step's checkpoint (the saver runs first at this event) is on disk."""
         if self.every is None or self._elapsed(state) < self._next:
             return
         while self._next <= self._elapsed(state):
@@ -256,6 +286,10 @@ class Publish(Callback):
     def fit_end(self, state: State, logger: Logger) -> None:
         if self.at_end and self._last_step != int(state.timestamp.batch):
             self._publish(state)
+        failures = self.uploads.finish()
+        if failures:
+            print(f"publish: {len(failures)} upload(s) failed (the local folders are kept): "
+                  + "; ".join(failures), flush=True)
 
     def _publish(self, state: State) -> None:
         self._last_step = int(state.timestamp.batch)
@@ -264,61 +298,20 @@ class Publish(Callback):
             return
         if dist.get_global_rank() == 0:
             info = self.info.current(state)
-            name = format_revision("{phase}-step{step}", info)
+            name = format_revision("{phase}-step{step}", info)  # a safe folder name
             wrapped = state.model
             model = getattr(wrapped, "module", wrapped).model
             was_training = model.training
             revision = format_revision(self.revision, info) if self.repo_id else None
             out = publish_model(model.eval(), Path(self.folder) / name, info,
-                                load_tokenizer(_existing_dir(self.tokenizer_source)),
+                                load_tokenizer(existing_dir(self.tokenizer_source)),
                                 self.repo_id, revision)
             model.train(was_training)
             self.published.append(out)
             print(f"published {out}", flush=True)
             if self.repo_id:
-                UPLOADER(str(out), self.repo_id, revision)
+                self.uploads.submit(str(out), self.repo_id, revision)
         dist.barrier()
 
     def state_dict(self) -> dict:
         return {}
-
-
-# --- averaging -------------------------------------------------------------------------------------------
-
-def average_checkpoints(sources: Sequence[str], out: str, tokenizer: Optional[str] = None,
-                        trust: bool = False) -> Path:
-    """Mean of the weights (in fp32) of several checkpoints with the same architecture. `out`
-    ending in `.pt` is a weights-only Composer-style checkpoint (`flexbert publish` and
-    `model.init_from` read it); anything else becomes a published HF folder."""
-    if len(sources) < 2:
-        raise ValueError("average needs at least two checkpoints")
-    total: dict[str, torch.Tensor] = {}
-    infos, cfg = [], None
-    for source in sources:
-        read = read_source(source, trust, key="average")
-        weights = {k: v for k, v in read.weights.items() if "inv_freq" not in k}
-        info, cfg = read.info, cfg or read.config
-        if total and (weights.keys() != total.keys() or any(
-                weights[k].shape != total[k].shape for k in total)):
-            raise ValueError(f"{source}: its weights do not match {sources[0]}'s (names or shapes)")
-        for key, value in weights.items():
-            total[key] = total.get(key, 0) + value.float()
-        infos.append(info)
-    mean = {k: v / len(sources) for k, v in total.items()}
-    info = dict(infos[-1])
-    info["averaged_from"] = [os.path.basename(os.path.realpath(s)) if os.path.isfile(s) else s
-                             for s in sources]
-    info["checkpoint"] = None
-    if cfg is None:
-        raise ValueError("no model config in any source; average Composer checkpoints written by "
-                         "train.py or Hugging Face folders")
-    info["model_config"] = to_yaml(cfg)
-    if str(out).endswith(".pt"):
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state": {"model": {f"model.{k}": v for k, v in mean.items()},
-                              "callbacks": {INFO_KEY: info}}}, out)
-        return Path(out)
-    model = FlexBertForMaskedLM(cfg)
-    load_weights(model, mean, "average")
-    tok = tokenizer or _existing_dir(info.get("tokenizer"))
-    return publish_model(model.eval(), out, info, load_tokenizer(tok))
