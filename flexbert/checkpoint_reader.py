@@ -96,8 +96,7 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False, mmap: bool = T
         raise UnsafeCheckpoint(_unsafe_message(path, err)) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise UnreadableCheckpoint(f"{path}: truncated or corrupted checkpoint "
-                                   f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-                                   ) from None
+                                   f"({_first_line(err)})") from None
 
 
 def guard_composer_loads(trust: bool = False) -> None:
@@ -235,11 +234,18 @@ def source_config_tree(source: str, trust: bool = False, key: str = "model.init_
     return None
 
 
-def hf_source_config(source: str) -> tuple[Any, Optional[int]]:
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def hf_source_config(source: str, key: str = "model.init_from") -> tuple[Any, Optional[int]]:
     """(transformers config, the tokenizer's [MASK] id when the source has a tokenizer)."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(source), _mask_id_from_tokenizer(source)
+    try:
+        return AutoConfig.from_pretrained(source), _mask_id_from_tokenizer(source)
+    except OSError as err:
+        raise ConfigError(f"{key}: {source}: {_first_line(err)}") from None
 
 
 def _mask_id_from_tokenizer(source: str) -> Optional[int]:
@@ -275,7 +281,10 @@ def read_source(source: str | os.PathLike, trust: bool = False,
 
     from flexbert.hf import flex_config_from_hf
 
-    hf_model = ModernBertForMaskedLM.from_pretrained(source, use_safetensors=True)
+    try:  # safetensors only: a pytorch_model.bin would be unpickled
+        hf_model = ModernBertForMaskedLM.from_pretrained(source, use_safetensors=True)
+    except OSError as err:
+        raise UnreadableCheckpoint(f"{key}: {source}: {_first_line(err)}") from None
     cfg = flex_config_from_hf(hf_model.config)
     return Source(hf_model.state_dict(), _plain_info(cfg), cfg, "hf")
 

@@ -40,7 +40,7 @@ def source_model_config(source: str, overrides: Any, recipe: str = "<recipe>",
     if source_kind(source, KEY) != "hf":
         raise ConfigError(f"{recipe}: {KEY}: {source} carries no model config; set "
                           "model.preset to the architecture it was trained with")
-    hf_config, mask_id = hf_source_config(source)
+    hf_config, mask_id = hf_source_config(source, KEY)
     extra = OmegaConf.to_container(overrides)
     if "mask_token_id" not in extra and getattr(hf_config, "mask_token_id", None) is None \
             and mask_id is not None:

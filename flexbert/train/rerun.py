@@ -92,19 +92,25 @@ def progress(state: dict, max_duration: str) -> tuple[int, int, str]:
 
 def plan_run(recipe: Recipe) -> Plan:
     cfg = recipe.cfg
-    check_load_path(recipe)
     folder = _local_folder(cfg)
-    if folder is None:
-        return Plan()
-    if cfg.restart:
+    if folder is not None and cfg.restart:
         restart(cfg, folder)
-        return Plan()
+    elif folder is not None:
+        plan = _plan_existing(recipe, folder)
+        if plan is not None:
+            return plan  # the run's own checkpoints decide; Composer then ignores load_path
+    check_load_path(recipe)
+    return Plan()
+
+
+def _plan_existing(recipe: Recipe, folder: str) -> Optional[Plan]:
+    cfg = recipe.cfg
     chosen, state, skipped = newest_loadable(folder, cfg.trust_checkpoint)
     if chosen is None:
         if skipped:
             raise ConfigError(f"{folder}: save_folder holds checkpoints but none loads "
                               f"({'; '.join(skipped)}); set restart=true to start over")
-        return Plan()
+        return None
     check_fits(str(chosen), state, recipe, "autoresume" if cfg.autoresume else "save_folder",
                new_phase=False)
     if skipped and is_rank_zero():
