@@ -62,6 +62,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    return train(recipe)
+
+
+def train(recipe) -> int:
+    """Plan against save_folder, train, export; every expected failure is one line + exit code."""
     from flexbert.checkpoint_reader import UnreadableCheckpoint, UnsafeCheckpoint
     from flexbert.train.builder import build_trainer
     from flexbert.train.guard import NonFiniteLoss
@@ -77,6 +82,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UnsafeCheckpoint, UnreadableCheckpoint, ConfigError) as err:
         if is_rank_zero():  # every rank finds the same; one line, not one per rank
             print(f"error: {err}", file=sys.stderr)
+        return 2
+    except FileExistsError as err:  # Composer's check, for object-store folders plan_run cannot list
+        if "overwrite" not in str(err):
+            raise
+        if is_rank_zero():
+            print(f"error: {recipe.cfg.save_folder}: save_folder holds checkpoints of an earlier "
+                  "run; set autoresume=true to continue it, or choose another save_folder",
+                  file=sys.stderr)
         return 2
     except NonFiniteLoss as err:
         if is_rank_zero():
