@@ -155,6 +155,7 @@ def checkpoint_info(state: dict, path: str = "") -> dict:
     info = dict((state.get("callbacks") or {}).get(INFO_KEY) or {})
     if not info:
         ts = state.get("timestamp") or {}
+        ts = ts.get("Timestamp", ts)  # Composer nests the fields under the class name
         info = {"phase": None, "step": int(ts.get("batch", 0)), "tokens": int(ts.get("token", 0)),
                 "history": []}
     info["checkpoint"] = os.path.basename(os.path.realpath(path)) if path else None

@@ -233,7 +233,11 @@ def publish_checkpoint(checkpoint: str, out_dir: str, tokenizer: Optional[str] =
     revision = format_revision(revision, info) if revision else None
     out = publish_model(model, out_dir, info, load_tokenizer(tok_source), repo_id, revision)
     if repo_id:
-        url = upload_with_retries(str(out), repo_id, revision)
+        try:
+            url = upload_with_retries(str(out), repo_id, revision)
+        except Exception as err:  # the folder is written; only the upload failed
+            raise RuntimeError(f"{out} written, but the upload to {repo_id}@{revision or 'main'} "
+                               f"failed: {str(err).splitlines()[0] if str(err) else err!r}") from None
         log.info("uploaded %s to %s@%s: %s", out, repo_id, revision or "main", url)
     return out
 
