@@ -9,6 +9,7 @@ read with `torch.load(weights_only=True)`. Chunks are stitched into full tensors
 
 from __future__ import annotations
 
+import datetime
 import io
 import logging
 import pickle
@@ -27,8 +28,12 @@ _DCP_CLASSES = {
         "Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
         "ChunkStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING")
 } | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-     ("torch", "Size"), ("collections", "OrderedDict")}
+     ("torch", "Size"), ("collections", "OrderedDict"),
+     ("torch.serialization", "_get_layout"),  # name -> torch.layout, as weights_only allows
+     ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath")}
 _TORCH_TYPES = (torch.dtype, torch.layout, torch.memory_format)
+# Plain values Composer stores beside the weights (wall-clock times, the torch version string).
+SAFE_VALUES = [datetime.timedelta, torch.torch_version.TorchVersion]
 # Top-level parts a reader needs; an item elsewhere (rng states, ...) that cannot be read
 # safely is left out rather than failing the whole checkpoint.
 REQUIRED = ("state.model", "state.callbacks", "state.timestamp")
@@ -102,7 +107,9 @@ def _read_items(folder: Path, meta: Any) -> dict[str, Any]:
             flat[fqn] = _full_tensor(folder, fqn, item, chunks.get(fqn, []))
             continue
         try:
-            flat[fqn] = torch.load(io.BytesIO(_read(folder, chunks[fqn][0][1])), weights_only=True)
+            with torch.serialization.safe_globals(SAFE_VALUES):
+                flat[fqn] = torch.load(io.BytesIO(_read(folder, chunks[fqn][0][1])),
+                                       weights_only=True)
         except (pickle.UnpicklingError, RuntimeError) as err:
             if fqn.startswith(REQUIRED):
                 raise ValueError(f"{folder}: item {fqn} does not load safely "

@@ -18,7 +18,7 @@ from flexbert.train.callbacks import (GradNorm, MetricsJSONL, PackingEfficiency,
                                       device_peak_flops, flops_per_token)
 from flexbert.train.checkpoint import AtomicCheckpointSaver
 from flexbert.train.config import Recipe, RecipeConfig, TrainerConfig
-from flexbert.train.fsdp import apply_activation_checkpointing, composer_fsdp
+from flexbert.train.fsdp import GlooGradientAverage, apply_activation_checkpointing, composer_fsdp
 from flexbert.train.model import ComposerFlexBertMLM
 from flexbert.train.optim import ApplyOptimizerConfig, build_optimizer
 from flexbert.train.schedules import build_scheduler
@@ -128,7 +128,7 @@ def build_loggers(cfg: RecipeConfig) -> list:
 def build_callbacks(recipe: Recipe) -> list:
     cfg = recipe.cfg
     seq_len, mask_rate = train_data.seq_len_and_mask_rate(recipe.data)
-    callbacks: list = [Throughput(cfg.callbacks.throughput_window,
+    callbacks: list = [GlooGradientAverage(), Throughput(cfg.callbacks.throughput_window,
                                   flops_per_token(recipe.model, seq_len, mask_rate),
                                   device_peak_flops())]
     if cfg.callbacks.lr_monitor:
