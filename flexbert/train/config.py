@@ -265,16 +265,17 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
                  "'1000000tok' or '100ba'")
     if publish.enabled and not cfg.save_folder:
         fail("callbacks.publish.enabled", "needs save_folder (published folders go under it)")
-    _validate_trainer(cfg.trainer, fail)
+    _validate_trainer(cfg, fail)
     if cfg.loggers.wandb.mode not in ("online", "offline", "disabled"):
         fail("loggers.wandb.mode", f"{cfg.loggers.wandb.mode!r}; allowed: online, offline, disabled")
 
 
-def _validate_trainer(cfg: TrainerConfig, fail) -> None:
+def _validate_trainer(cfg: RecipeConfig, fail) -> None:
     from flexbert.train.fsdp import validate_fsdp
 
-    if cfg.activation_checkpointing < 0:
+    every = cfg.trainer.activation_checkpointing
+    if every < 0:
         fail("trainer.activation_checkpointing", "0 (off), 1 (every encoder layer) or n (every "
-             f"n-th layer), got {cfg.activation_checkpointing}")
-    if cfg.fsdp is not None:
-        validate_fsdp(cfg.fsdp, cfg.device_train_microbatch_size, fail)
+             f"n-th layer), got {every}")
+    if cfg.trainer.fsdp is not None:
+        validate_fsdp(cfg.trainer, cfg.optimizer.name, fail)

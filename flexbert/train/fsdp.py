@@ -14,7 +14,7 @@ from torch import nn
 if TYPE_CHECKING:
     from composer.core import State
 
-    from flexbert.train.config import FsdpConfig
+    from flexbert.train.config import FsdpConfig, TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,10 @@ def _choice(fail: Callable[[str, str], None], key: str, value: Any, allowed) -> 
         fail(f"trainer.fsdp.{key}", f"{value!r}; allowed: {', '.join(map(str, allowed))}")
 
 
-def validate_fsdp(cfg: "FsdpConfig", microbatch: Any, fail: Callable[[str, str], None]) -> None:
+def validate_fsdp(trainer: "TrainerConfig", optimizer: str,
+                  fail: Callable[[str, str], None]) -> None:
     """Check `trainer.fsdp` before anything is built; `fail(key, message)` raises."""
+    cfg = trainer.fsdp
     _choice(fail, "version", cfg.version, (1, 2))
     strategies = V1_STRATEGIES if cfg.version == 1 else tuple(V2_RESHARD_AFTER_FORWARD)
     _choice(fail, "sharding_strategy", cfg.sharding_strategy, strategies)
@@ -47,9 +49,16 @@ def validate_fsdp(cfg: "FsdpConfig", microbatch: Any, fail: Callable[[str, str],
         for key, default in V1_ONLY.items():
             if getattr(cfg, key) != default:
                 fail(f"trainer.fsdp.{key}", "exists only in FSDP version 1 (trainer.fsdp.version: 1)")
-        if microbatch == "auto":
+        if trainer.device_train_microbatch_size == "auto":
             fail("trainer.device_train_microbatch_size", "'auto' needs trainer.fsdp.version: 1 "
                  "(Composer's FSDP2 has no automatic microbatching); set an int")
+        from flexbert.train.builder import pick_device
+
+        if optimizer == "stable_adamw" and pick_device(trainer) == "cpu":
+            # Its per-tensor RMS is a mean over a sharded tensor: an AVG all-reduce, which
+            # gloo does not implement (NCCL does).
+            fail("optimizer.name", "stable_adamw cannot run under trainer.fsdp.version: 2 on "
+                 "CPU (gloo has no AVG all-reduce); use decoupled_adamw there")
     if cfg.load_monolith_rank0_only and cfg.state_dict_type != "full":
         fail("trainer.fsdp.load_monolith_rank0_only", "needs trainer.fsdp.state_dict_type: full")
 
