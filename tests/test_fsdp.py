@@ -109,3 +109,33 @@ def test_sharded_reader_refuses_foreign_pickles(tmp_path):
         read_sharded_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="no .metadata file"):
         read_sharded_checkpoint(tmp_path / "missing")
+
+
+def test_fsdp_keys_map_to_composer_configs():
+    from composer.utils.parallelism import FSDP2Config, FSDPConfig
+
+    from flexbert.train.config import FsdpConfig
+    from flexbert.train.fsdp import composer_fsdp
+
+    v2 = composer_fsdp(FsdpConfig(version=2, sharding_strategy="SHARD_GRAD_OP",
+                                  state_dict_type="sharded"), "cpu")
+    assert isinstance(v2, FSDP2Config)
+    assert v2.reshard_after_forward is False and v2.state_dict_type == "sharded"
+    v1 = composer_fsdp(FsdpConfig(sharding_strategy="HYBRID_SHARD", cpu_offload=True), "gpu")
+    assert isinstance(v1, FSDPConfig) and v1.sharding_strategy == "HYBRID_SHARD" and v1.cpu_offload
+    assert composer_fsdp(FsdpConfig(), "cpu") is None  # v1 cannot run on CPU: DDP instead
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.fsdp.version=3", r"trainer\.fsdp\.version: 3; allowed: 1, 2"),
+    ("trainer.fsdp.sharding_strategy=HYBRID_SHARD", r"trainer\.fsdp\.sharding_strategy: 'HYBRID"),
+    ("trainer.fsdp.cpu_offload=true", r"trainer\.fsdp\.cpu_offload: exists only in FSDP version 1"),
+    ("trainer.activation_checkpointing=-1", r"trainer\.activation_checkpointing: 0 \(off\)"),
+])
+def test_bad_fsdp_keys_are_named(override, message):
+    from flexbert.config import ConfigError
+    from flexbert.train.config import load_recipe
+
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(REPO / "configs" / "tiny.yaml", ["data_dir=x", "trainer.fsdp.version=2",
+                                                     "optimizer.name=decoupled_adamw", override])

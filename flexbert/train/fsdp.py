@@ -200,3 +200,5 @@ class GlooGradientAverage(Callback):
         for module in state.model.modules():
             if isinstance(module, FSDPModule):
                 module.set_all_reduce_hook(lambda grads: grads.div_(world))
+        log.info("gloo sums where FSDP2 asks for a mean: gradients divided by %d after reduction",
+                 world)
