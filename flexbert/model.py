@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput
 
 from flexbert.config import ModelConfig, validate_model_config
@@ -31,6 +32,8 @@ class FlexBertModel(nn.Module):
         layer_cls = LAYERS.get(cfg.layer, "model.layer")
         self.layers = nn.ModuleList(layer_cls(cfg, i) for i in range(cfg.num_layers))
         self.final_norm = build_norm(cfg.hidden_size, cfg.norm) if cfg.final_norm else nn.Identity()
+        # Recompute every n-th layer in the backward (0: off); trainer.activation_checkpointing.
+        self.checkpoint_every = 0
 
     def forward(
         self,
@@ -46,8 +49,11 @@ class FlexBertModel(nn.Module):
         ids_L = layout.to_layout(input_ids)
         cache = self.position.prepare(layout.position_ids_L)
         x = self.embeddings(ids_L, layout.position_ids_L, self.position)
-        for layer in self.layers:
-            x = layer(x, layout, self.position, cache)
+        for i, layer in enumerate(self.layers):
+            if self.checkpoint_every and i % self.checkpoint_every == 0 and torch.is_grad_enabled():
+                x = checkpoint(layer, x, layout, self.position, cache, use_reentrant=False)
+            else:
+                x = layer(x, layout, self.position, cache)
         return self.final_norm(x), layout
 
 
@@ -83,6 +89,12 @@ class FlexBertPreTrained(nn.Module):
 
     def tie_weights(self) -> None:
         pass
+
+    def fsdp_wrap_fn(self, module: nn.Module) -> bool:
+        """Composer's FSDP and FSDP2 wrap policy: each encoder layer is its own unit (gathered
+        just before it runs, freed after); embeddings, final norm and heads stay in this model's
+        root unit, which keeps the tied decoder and token embeddings in one unit."""
+        return any(module is layer for layer in self.model.layers)
 
     def num_parameters(self) -> int:
         """Unique parameters (a tied decoder counts once)."""

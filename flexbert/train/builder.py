@@ -20,6 +20,7 @@ from flexbert.train.callbacks import (GradNorm, MetricsJSONL, PackingEfficiency,
 from flexbert.train.checkpoint import AtomicCheckpointSaver
 from flexbert.train.config import Recipe, RecipeConfig, TrainerConfig
 from flexbert.train.guard import StopOnNonFiniteLoss
+from flexbert.train.fsdp import GlooGradientAverage, apply_activation_checkpointing, composer_fsdp
 from flexbert.train.model import ComposerFlexBertMLM
 from flexbert.train.optim import ApplyOptimizerConfig, build_optimizer
 from flexbert.train.schedules import build_scheduler
@@ -42,17 +43,17 @@ def pick_precision(cfg: TrainerConfig, device: str) -> str:
 
 
 def gpu_only(cfg: TrainerConfig, device: str) -> dict[str, Any]:
-    """compile / FSDP keyword arguments, dropped (with a log line) where they cannot run."""
+    """compile / FSDP keyword arguments, dropped (with a log line) where they cannot run
+    (compile on CPU unless asked, FSDP version 1 on CPU)."""
     kwargs: dict[str, Any] = {}
     if cfg.compile and (device == "gpu" or cfg.compile_on_cpu):
         kwargs["compile_config"] = {}
     elif cfg.compile:
         log.warning("trainer.compile is on but the device is CPU; set trainer.compile_on_cpu=true "
                     "to compile anyway")
-    if cfg.fsdp and device == "gpu":
-        kwargs["parallelism_config"] = {"fsdp": dict(cfg.fsdp)}
-    elif cfg.fsdp:
-        log.warning("trainer.fsdp needs GPUs; running with DDP on CPU")
+    fsdp = composer_fsdp(cfg.fsdp, device)
+    if fsdp is not None:
+        kwargs["parallelism_config"] = {"fsdp": fsdp}
     return kwargs
 
 
@@ -129,7 +130,7 @@ def build_loggers(cfg: RecipeConfig) -> list:
 def build_callbacks(recipe: Recipe) -> list:
     cfg = recipe.cfg
     seq_len, mask_rate = train_data.seq_len_and_mask_rate(recipe.data)
-    callbacks: list = [Throughput(cfg.callbacks.throughput_window,
+    callbacks: list = [GlooGradientAverage(), Throughput(cfg.callbacks.throughput_window,
                                   flops_per_token(recipe.model, seq_len, mask_rate),
                                   device_peak_flops())]
     if cfg.callbacks.lr_monitor:
@@ -189,6 +190,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
     from flexbert.model import FlexBertForMaskedLM
 
     model = ComposerFlexBertMLM(FlexBertForMaskedLM(recipe.model), train_metrics=tcfg.train_metrics)
+    apply_activation_checkpointing(model.model, tcfg.activation_checkpointing)
     if recipe.init_from:  # continual pretraining: weights only, the optimizer below starts fresh
         from flexbert.train.continual import load_init_weights
 

@@ -14,6 +14,8 @@ from composer.core import Callback, State
 from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
 
+from flexbert.train.fsdp import grad_square_sum, whole_sum
+
 # Dense bf16 peak FLOP/s by device-name substring (first match wins). Unknown devices log no MFU.
 PEAK_FLOPS = (
     ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
@@ -88,22 +90,21 @@ class PackingEfficiency(Callback):
 class GradNorm(Callback):
     """Global L2 norm of the gradient before clipping. Gradients accumulate over microbatches,
     so the norm taken after the last backward is the step's; Composer's clipping runs later (at
-    AFTER_TRAIN_BATCH). Under FSDP each rank holds a shard, so squares are summed over ranks."""
+    AFTER_TRAIN_BATCH). Under FSDP each rank holds a shard: squares are summed locally per
+    microbatch and over ranks once per step (flexbert.train.fsdp)."""
 
     def __init__(self) -> None:
         self.last: Optional[torch.Tensor] = None
 
     def after_backward(self, state: State, logger: Logger) -> None:
-        grads = [p.grad.detach().float() for p in state.model.parameters() if p.grad is not None]
-        if grads:
-            self.last = torch.stack([g.pow(2).sum() for g in grads]).sum()
+        squares = grad_square_sum(state.model)
+        if squares is not None:
+            self.last = squares
 
     def batch_end(self, state: State, logger: Logger) -> None:
         if self.last is None:
             return
-        squares = self.last
-        if state.fsdp_enabled:
-            dist.all_reduce(squares, reduce_operation="SUM")
+        squares = whole_sum(self.last, state.fsdp_config_version)
         logger.log_metrics({"l2_norm/grad/global": float(squares.sqrt())})
         self.last = None
 

@@ -41,6 +41,28 @@ class BatchConfig:
 
 
 @dataclass
+class FsdpConfig:
+    """`trainer.fsdp`: sharded data parallelism through Composer. Version 1 is torch's
+    FullyShardedDataParallel (GPUs only; dropped with a log line on CPU); version 2 is
+    `fully_shard` on DTensors (GPUs and CPU/gloo). Each encoder layer is its own unit; embeddings,
+    head and the tied decoder share the root unit. Keys marked v1 exist only in version 1."""
+
+    version: int = 1                        # 1: FullyShardedDataParallel, 2: fully_shard (FSDP2)
+    sharding_strategy: str = "FULL_SHARD"   # v2: FULL_SHARD or SHARD_GRAD_OP (keep params after forward)
+    state_dict_type: str = "full"           # full: one .pt on rank 0; sharded: a folder per checkpoint
+    mixed_precision: str = "DEFAULT"        # DEFAULT, PURE or FULL (Composer's presets)
+    load_monolith_rank0_only: bool = False  # read a full checkpoint on rank 0 and broadcast
+    verbose: bool = False
+    cpu_offload: bool = False               # v1
+    limit_all_gathers: bool = True          # v1
+    forward_prefetch: bool = False          # v1
+    backward_prefetch: str = "BACKWARD_POST"  # v1: BACKWARD_PRE, BACKWARD_POST or NONE
+    sync_module_states: bool = False        # v1 (every rank builds the same weights from the seed)
+    data_parallel_shard_degree: int = -1    # v1, HSDP: ranks per shard group (-1: all)
+    data_parallel_replicate_degree: Optional[int] = None  # v1, HSDP: replicas
+
+
+@dataclass
 class TrainerConfig:
     device: Optional[str] = None            # None: gpu when CUDA is available, else cpu
     precision: str = "amp_bf16"             # amp_* falls back to fp32 on CPU (with a log line)
@@ -48,7 +70,8 @@ class TrainerConfig:
     grad_clip_norm: float = 0.0             # > 0 clips the global L2 norm
     compile: bool = False                   # torch.compile via Composer's compile_config
     compile_on_cpu: bool = False            # inductor on CPU is slow to compile; opt in
-    fsdp: Optional[dict[str, Any]] = None   # Composer FSDP config; GPU only (ignored on CPU)
+    fsdp: Optional[FsdpConfig] = None       # null: DDP (one process per device)
+    activation_checkpointing: int = 0       # 0 off, 1 every encoder layer, n every n-th layer
     ddp_sync_strategy: Optional[str] = None
     dist_timeout: float = 300.0
     train_metrics: bool = True              # masked loss/accuracy on training batches
@@ -257,5 +280,17 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
                  "'1000000tok' or '100ba'")
     if publish.enabled and not cfg.save_folder:
         fail("callbacks.publish.enabled", "needs save_folder (published folders go under it)")
+    _validate_trainer(cfg, fail)
     if cfg.loggers.wandb.mode not in ("online", "offline", "disabled"):
         fail("loggers.wandb.mode", f"{cfg.loggers.wandb.mode!r}; allowed: online, offline, disabled")
+
+
+def _validate_trainer(cfg: RecipeConfig, fail) -> None:
+    from flexbert.train.fsdp import validate_fsdp
+
+    every = cfg.trainer.activation_checkpointing
+    if every < 0:
+        fail("trainer.activation_checkpointing", "0 (off), 1 (every encoder layer) or n (every "
+             f"n-th layer), got {every}")
+    if cfg.trainer.fsdp is not None:
+        validate_fsdp(cfg.trainer, cfg.optimizer.name, fail)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,26 +24,22 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def export_hf(recipe, trainer) -> Optional[Path]:
     """Rank 0 writes the trained model as a Hugging Face ModernBERT folder (+ tokenizer)."""
-    from composer.utils import dist
-
     from flexbert.hf import save_hf
     from flexbert.train.builder import local_save_folder
+    from flexbert.train.fsdp import export_model
     from flexbert.train.guard import check_finite
     from flexbert.train.rerun import export_tokenizer
 
     cfg = recipe.cfg
-    if not cfg.export.hf_folder or dist.get_global_rank() != 0:
+    if not cfg.export.hf_folder:
         return None
-    if trainer.state.fsdp_enabled:
-        log.warning("FSDP shards the weights: export the final checkpoint instead of %s",
-                    cfg.export.hf_folder)
+    model = export_model(trainer.state)  # under FSDP every rank helps gather; None off rank 0
+    if model is None:
         return None
     out = Path(cfg.export.hf_folder)
     if not out.is_absolute():
         out = Path(local_save_folder(cfg.save_folder or ".")) / out
     tokenizer = export_tokenizer(cfg)
-    wrapped = trainer.state.model  # DistributedDataParallel around the ComposerModel under DDP
-    model = getattr(wrapped, "module", wrapped).model
     check_finite(model, str(out))
     save_hf(model, out, tokenizer)
     log.info("wrote Hugging Face model folder %s", out)

@@ -256,8 +256,8 @@ def existing_dir(path: Optional[str]) -> Optional[str]:
 
 class Publish(Callback):
     """Publishes the training model as an HF folder every `every` (tokens or batches) and at the
-    end of the phase, under `folder/<phase>-step<N>`; uploads when `repo_id` is set. Rank 0 only;
-    skipped under FSDP (publish the checkpoint instead)."""
+    end of the phase, under `folder/<phase>-step<N>`; uploads when `repo_id` is set. Rank 0
+    writes; under FSDP all ranks first gather the full weights to it."""
 
     def __init__(self, folder: str, info: PhaseInfo, every: Optional[str] = None,
                  at_end: bool = True, repo_id: Optional[str] = None,
@@ -296,15 +296,13 @@ class Publish(Callback):
                   + "; ".join(failures), flush=True)
 
     def _publish(self, state: State) -> None:
+        from flexbert.train.fsdp import export_model
+
         self._last_step = int(state.timestamp.batch)
-        if state.fsdp_enabled:
-            log.warning("publish: FSDP shards the weights; run `flexbert publish` on the checkpoint")
-            return
-        if dist.get_global_rank() == 0:
+        model = export_model(state)  # under FSDP every rank helps gather; rank 0 gets the model
+        if model is not None:
             info = self.info.current(state)
             name = format_revision("{phase}-step{step}", info)  # a safe folder name
-            wrapped = state.model
-            model = getattr(wrapped, "module", wrapped).model
             was_training = model.training
             revision = format_revision(self.revision, info) if self.repo_id else None
             out = publish_model(model.eval(), Path(self.folder) / name, info,
