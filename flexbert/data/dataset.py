@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from flexbert.data.config import DataConfig
+from flexbert.data.elastic import fresh_part, resplit
 from flexbert.data.masking import Masker
 from flexbert.data.packing import best_fit, collate_rows, token_indices
 from flexbert.data.schedule import RowSchedule
@@ -48,9 +49,12 @@ class Partition:
                  state: Optional[dict] = None):
         self.ds, self.orders, self.index, self.total = ds, orders, index, total
         self.row_len, self.infinite = row_len, infinite
-        state = state or {"epoch": 0, "cursor": 0, "pending": []}
+        state = state or fresh_part()
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self.pending = [list(map(int, p)) for p in state["pending"]]  # [sample id, start, stop, age]
+        # [epoch, lo, hi) positions of an epoch's order to read before this partition's own slice
+        # (set when a resume re-split the data over a new rank count; see elastic.py)
+        self.carry = [list(map(int, c)) for c in state.get("carry", [])]
         self.tokens = self._refetch(self.pending)
         self.exhausted = False
 
@@ -69,19 +73,32 @@ class Partition:
         n = len(order)
         return order[self.index * n // self.total:(self.index + 1) * n // self.total]
 
-    def _read_one(self) -> bool:
-        """Append the next document (cut into <= row_len pieces); roll epochs when infinite."""
+    def _next_sid(self) -> Optional[tuple[int, int]]:
+        """(epoch, sample id) of the next document: carried ranges first, then the own slice."""
+        while self.carry:
+            e, lo, hi = self.carry[0]
+            if lo < hi:
+                self.carry[0][1] += 1
+                return e, int(self.orders.get(e)[lo])
+            self.carry.pop(0)
         ids = self._slice()
         if self.cursor >= len(ids):
             if not self.infinite or len(ids) == 0:
                 if self.infinite:
                     raise ValueError(f"packing partition {self.index} of {self.total} got no samples: "
                                      f"the dataset is too small; lower data.pack_parts")
-                return False
+                return None
             self.epoch, self.cursor = self.epoch + 1, 0
             ids = self._slice()
-        sid = int(ids[self.cursor])
         self.cursor += 1
+        return self.epoch, int(ids[self.cursor - 1])
+
+    def _read_one(self) -> bool:
+        """Append the next document (cut into <= row_len pieces); roll epochs when infinite."""
+        nxt = self._next_sid()
+        if nxt is None:
+            return False
+        sid = nxt[1]
         doc = read_tokens(self.ds, sid)
         for a in range(0, len(doc), self.row_len):
             b = min(a + self.row_len, len(doc))
@@ -117,7 +134,8 @@ class Partition:
         return [r for r in rows if r]
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "pending": [list(p) for p in self.pending]}
+        return {"epoch": self.epoch, "cursor": self.cursor, "pending": [list(p) for p in self.pending],
+                "carry": [list(c) for c in self.carry if c[1] < c[2]]}
 
 
 class PackedMLMDataset(IterableDataset):
@@ -210,14 +228,20 @@ class PackedMLMDataset(IterableDataset):
         if state is None:
             return
         header = self._header()
-        for key in ("version", "split", "seed", "world_size", "pack_parts", "max_seq_len"):
+        for key in ("version", "split", "seed", "max_seq_len"):
             if state.get(key) != header[key]:
                 raise ValueError(f"data loader state: {key}={state.get(key)!r} in the checkpoint but "
                                  f"{header[key]!r} now; exact resumption needs the same value")
-        mine = state["ranks"][self.rank]
+        if (state["world_size"], state["pack_parts"]) == (self.world_size, self.cfg.pack_parts):
+            mine = state["ranks"][self.rank]
+        else:  # a different rank count: the rest of the epoch is dealt to the new ranks
+            mine = resplit(state, self.world_size, self.cfg.pack_parts, lambda e: int(self.ds.epoch_size))[self.rank]
         self.progress = {"next_batch": int(mine["next_batch"]),
                          "parts": {int(v): s for v, s in mine["parts"].items()}}
         self._start = copy.deepcopy(self.progress)
+        if state.get("tokens_seen_slots") is not None and self.schedule.warmup_tokens:
+            # the warmup continues from the global tokens already served, whatever the old rank count
+            self.schedule.resume_at(self.progress["next_batch"], int(state["tokens_seen_slots"]))
 
 
 def _all_gather(obj: Any, rank: int, world_size: int) -> list:
