@@ -21,10 +21,16 @@ from flexbert.data.elastic import fresh_part, resplit
 from flexbert.data.masking import Masker
 from flexbert.data.packing import best_fit, collate_rows, token_indices
 from flexbert.data.schedule import RowSchedule
-from flexbert.data.streams import epoch_order, read_tokens
+from flexbert.data.documents import Documents
+from flexbert.data.streams import epoch_order, stream_formats
 
 META_KEY = "_flexbert_state"
 STATE_VERSION = 1
+
+
+def read_tokens(docs: Documents, sample_id: int) -> np.ndarray:
+    """One document's framed token ids (a module-level seam: tests count the reads)."""
+    return docs.read(sample_id)
 
 
 class _Orders:
@@ -45,9 +51,9 @@ class _Orders:
 class Partition:
     """One packing partition: its slice of each epoch, a cursor, and leftover pieces."""
 
-    def __init__(self, ds, orders: _Orders, index: int, total: int, row_len: int, infinite: bool,
+    def __init__(self, docs: Documents, orders: _Orders, index: int, total: int, row_len: int, infinite: bool,
                  state: Optional[dict] = None):
-        self.ds, self.orders, self.index, self.total = ds, orders, index, total
+        self.docs, self.orders, self.index, self.total = docs, orders, index, total
         self.row_len, self.infinite = row_len, infinite
         state = state or fresh_part()
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
@@ -64,7 +70,7 @@ class Partition:
         out = []
         for sid, a, b, _ in pending:
             if sid not in docs:
-                docs[sid] = read_tokens(self.ds, sid)
+                docs[sid] = read_tokens(self.docs, sid)
             out.append(docs[sid][a:b])
         return out
 
@@ -99,7 +105,7 @@ class Partition:
         if nxt is None:
             return False
         sid = nxt[1]
-        doc = read_tokens(self.ds, sid)
+        doc = read_tokens(self.docs, sid)
         for a in range(0, len(doc), self.row_len):
             b = min(a + self.row_len, len(doc))
             self.pending.append([sid, a, b, 0])
@@ -142,9 +148,10 @@ class PackedMLMDataset(IterableDataset):
     """Yields whole packed, masked batches (dicts of tensors); the loader strips META_KEY."""
 
     def __init__(self, cfg: DataConfig, streaming_ds, special: dict, device_batch_size: int,
-                 split: str, rank: int, world_size: int):
+                 split: str, rank: int, world_size: int, encoder=None):
         super().__init__()
         self.cfg, self.ds, self.special = cfg, streaming_ds, special
+        self.docs = Documents(streaming_ds, stream_formats(streaming_ds, cfg, split), special, encoder)
         self.split, self.rank, self.world_size = split, rank, world_size
         self.device_batch_size = device_batch_size
         self.max_seq_len = cfg.max_seq_len
@@ -178,7 +185,7 @@ class PackedMLMDataset(IterableDataset):
         while len(done) < n_parts // workers:
             v = k % n_parts
             if v not in parts:
-                parts[v] = Partition(self.ds, orders, self.rank * n_parts + v, self.world_size * n_parts,
+                parts[v] = Partition(self.docs, orders, self.rank * n_parts + v, self.world_size * n_parts,
                                      self.max_seq_len, self.infinite, start["parts"].get(v))
             if v not in done:
                 rows = parts[v].next_rows(self.schedule.rows(k), self.cfg.pack_buffer_factor, self.cfg.pack_max_wait)
