@@ -183,3 +183,33 @@ def test_reading_never_writes_into_the_data_directory(tmp_path, data_tokenizer, 
         for p in data.rglob("*"):
             p.chmod(0o755 if p.is_dir() else 0o644)
         os.chmod(data, 0o755)
+
+
+def test_text_shards_train_and_resume_exactly_mixed_with_tokens(sample_corpus, tmp_path):
+    """Text shards (MDSWriter, zstd) mixed half and half with a data_prep stream: 6 steps, then
+    autoresume to 12, per-step losses equal to 12 straight steps."""
+    from data_prep.sample import stdlib_documents
+
+    from flexbert.train.callbacks import read_metrics
+    from flexbert.train.main import main
+
+    docs = list(stdlib_documents(200_000))
+    for split, part in (("train", docs[:-10]), ("val", docs[-10:])):
+        write_mds(tmp_path / "text" / split, {"text": "str"}, [{"text": d} for d in part])
+    repo = Path(__file__).resolve().parents[1]
+    common = [str(repo / "configs" / "tiny.yaml"), f"data_dir={sample_corpus}", "run_name=t",
+              "eval_interval=1000ba", "trainer.eval_subset_num_batches=1", "trainer.precision=fp32",
+              "export.hf_folder=null", "trainer.console_log_interval=1000ba", "trainer.progress_bar=false",
+              "save_interval=6ba", f"data.tokenizer={sample_corpus / 'tokenizer'}",
+              f"data.streams.text.local={tmp_path / 'text'}", "data.streams.text.proportion=0.5",
+              f"data.streams.tok.local={sample_corpus}", "data.streams.tok.proportion=0.5"]
+
+    def losses(folder):
+        return {r["step"]: r["loss"] for r in read_metrics(str(folder / "metrics.jsonl"))}
+
+    assert main([*common, f"save_folder={tmp_path / 'straight'}", "max_duration=12ba"]) == 0
+    assert main([*common, f"save_folder={tmp_path / 'resumed'}", "max_duration=6ba"]) == 0
+    assert main([*common, f"save_folder={tmp_path / 'resumed'}", "max_duration=12ba", "autoresume=true"]) == 0
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert sorted(straight) == list(range(1, 13))
+    assert resumed == straight
