@@ -38,7 +38,7 @@ def taken(monkeypatch):
 
     def record(self):
         out = real(self)
-        if out is not None:
+        if out is not None and self.infinite:  # train partitions only (eval reads its own split)
             seen.append(out)
         return out
 
@@ -112,3 +112,51 @@ def test_same_layout_resume_is_unchanged(data_corpus):
     state = _run(_loaders(cfg, 2), 4)
     again = _loaders(cfg, 2, state)
     assert [a.dataset.progress for a in again] == [state["ranks"][r] for r in range(2)]
+
+
+TAKEN = """
+import os, sys
+import flexbert.data.dataset as dataset_mod
+real = dataset_mod.Partition._next_sid
+def record(self):
+    out = real(self)
+    if out is not None and self.infinite:  # train partitions only (eval reads its own split)
+        with open(os.path.join(os.environ["RECORD_DIR"], f"taken-{os.environ['RANK']}"), "a") as f:
+            f.write(f"{out[0]} {out[1]}\\n")
+    return out
+dataset_mod.Partition._next_sid = record
+from flexbert.train.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_composer_two_ranks_resume_on_one(sample_corpus, tmp_path, taken):
+    """`composer -n 2` for 2 steps, then one process resumes its checkpoint to 8 steps: the token
+    clock and learning rate continue, no sample of the epoch is taken twice across the change."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    common = [str(repo / "configs" / "tiny.yaml"), f"data_dir={sample_corpus}", "run_name=t",
+              "eval_interval=1000ba", "trainer.eval_subset_num_batches=1", "trainer.precision=fp32",
+              "export.hf_folder=null", "trainer.console_log_interval=1000ba", "trainer.progress_bar=false",
+              "save_interval=2ba"]
+    script = tmp_path / "taken.py"
+    script.write_text(TAKEN)
+    env = dict(os.environ, RECORD_DIR=str(tmp_path), PYTHONPATH=str(repo))
+    proc = subprocess.run(["composer", "-n", "2", str(script), *common, f"save_folder={tmp_path / 'two'}",
+                           "max_duration=2ba"], env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    from flexbert.train.main import main
+
+    assert main([*common, f"save_folder={tmp_path / 'one'}", "max_duration=8ba",
+                 f"load_path={tmp_path / 'two' / 'ep0-ba2-rank0.pt'}"]) == 0
+    before = [tuple(map(int, line.split())) for r in (0, 1) for line in (tmp_path / f"taken-{r}").read_text().splitlines()]
+    assert before and taken and len(set(before) | set(taken)) == len(before) + len(taken)
+    rows = [json.loads(line) for name in ("two", "one") for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert rows[2]["tokens"] > rows[1]["tokens"] > rows[0]["tokens"] > 0  # the clock went on from step 2
+    assert rows[3]["lr"] - rows[2]["lr"] == pytest.approx(rows[1]["lr"] - rows[0]["lr"], rel=0.2)
