@@ -5,13 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+from flexbert.data.documents import FRAMED, normalise_framed
+
 
 @dataclass
 class StreamConfig:
     """One MDS source; `local` is a `data_prep` output dir (or an MDS dir when `split` names none).
 
     `split` defaults to the loader's split ("train" / "val"), so one stream entry serves both.
-    At most one of proportion / repeat / choose, as in MosaicML Streaming.
+    At most one of proportion / repeat / choose, as in MosaicML Streaming. Samples carry token ids
+    (`input_ids`: any integer ndarray, or raw int64 bytes) or `text` (tokenized in the loader).
+    `framed`: whether documents already start with [CLS] and end with [SEP]; `auto` adds what a
+    document lacks, `false` always adds both, `true` adds nothing.
     """
 
     local: str = ""
@@ -20,6 +25,7 @@ class StreamConfig:
     proportion: Optional[float] = None
     repeat: Optional[float] = None
     choose: Optional[int] = None
+    framed: str = "auto"
 
 
 @dataclass
@@ -45,6 +51,7 @@ class DataConfig:
     shuffle_algo: str = "py1e"
     shuffle_block_size: int = 1 << 18
     cache_limit: Optional[str] = None
+    cache_dir: Optional[str] = None  # decompressed local shards; default <system temp>/flexbert-shards-<uid>
     download_timeout: float = 60.0
     verify_shards: bool = True  # check shard file sizes against the index when the loader is built
     verify_hashes: bool = False  # also check xxh64 of local shards (reads every shard once)
@@ -69,6 +76,8 @@ def validate_stream(s: StreamConfig, path: str) -> None:
         _fail(f"{path}.repeat", f"{s.repeat} must be > 0")
     if s.choose is not None and s.choose < 1:
         _fail(f"{path}.choose", f"{s.choose} must be >= 1")
+    if normalise_framed(s.framed) not in FRAMED:
+        _fail(f"{path}.framed", f"{s.framed!r} must be one of {', '.join(FRAMED)}")
 
 
 def _validate_streams(cfg: DataConfig, path: str) -> None:

@@ -17,13 +17,20 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from flexbert.data.config import DataConfig
+from flexbert.data.elastic import fresh_part, resplit
 from flexbert.data.masking import Masker
 from flexbert.data.packing import best_fit, collate_rows, token_indices
 from flexbert.data.schedule import RowSchedule
-from flexbert.data.streams import epoch_order, read_tokens
+from flexbert.data.documents import Documents
+from flexbert.data.streams import epoch_order, stream_formats
 
 META_KEY = "_flexbert_state"
 STATE_VERSION = 1
+
+
+def read_tokens(docs: Documents, sample_id: int) -> np.ndarray:
+    """One document's framed token ids (a module-level seam: tests count the reads)."""
+    return docs.read(sample_id)
 
 
 class _Orders:
@@ -44,13 +51,16 @@ class _Orders:
 class Partition:
     """One packing partition: its slice of each epoch, a cursor, and leftover pieces."""
 
-    def __init__(self, ds, orders: _Orders, index: int, total: int, row_len: int, infinite: bool,
+    def __init__(self, docs: Documents, orders: _Orders, index: int, total: int, row_len: int, infinite: bool,
                  state: Optional[dict] = None):
-        self.ds, self.orders, self.index, self.total = ds, orders, index, total
+        self.docs, self.orders, self.index, self.total = docs, orders, index, total
         self.row_len, self.infinite = row_len, infinite
-        state = state or {"epoch": 0, "cursor": 0, "pending": []}
+        state = state or fresh_part()
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self.pending = [list(map(int, p)) for p in state["pending"]]  # [sample id, start, stop, age]
+        # [epoch, lo, hi) positions of an epoch's order to read before this partition's own slice
+        # (set when a resume re-split the data over a new rank count; see elastic.py)
+        self.carry = [list(map(int, c)) for c in state.get("carry", [])]
         self.tokens = self._refetch(self.pending)
         self.exhausted = False
 
@@ -60,7 +70,7 @@ class Partition:
         out = []
         for sid, a, b, _ in pending:
             if sid not in docs:
-                docs[sid] = read_tokens(self.ds, sid)
+                docs[sid] = read_tokens(self.docs, sid)
             out.append(docs[sid][a:b])
         return out
 
@@ -69,20 +79,33 @@ class Partition:
         n = len(order)
         return order[self.index * n // self.total:(self.index + 1) * n // self.total]
 
-    def _read_one(self) -> bool:
-        """Append the next document (cut into <= row_len pieces); roll epochs when infinite."""
+    def _next_sid(self) -> Optional[tuple[int, int]]:
+        """(epoch, sample id) of the next document: carried ranges first, then the own slice."""
+        while self.carry:
+            e, lo, hi = self.carry[0]
+            if lo < hi:
+                self.carry[0][1] += 1
+                return e, int(self.orders.get(e)[lo])
+            self.carry.pop(0)
         ids = self._slice()
         if self.cursor >= len(ids):
             if not self.infinite or len(ids) == 0:
                 if self.infinite:
                     raise ValueError(f"packing partition {self.index} of {self.total} got no samples: "
                                      f"the dataset is too small; lower data.pack_parts")
-                return False
+                return None
             self.epoch, self.cursor = self.epoch + 1, 0
             ids = self._slice()
-        sid = int(ids[self.cursor])
         self.cursor += 1
-        doc = read_tokens(self.ds, sid)
+        return self.epoch, int(ids[self.cursor - 1])
+
+    def _read_one(self) -> bool:
+        """Append the next document (cut into <= row_len pieces); roll epochs when infinite."""
+        nxt = self._next_sid()
+        if nxt is None:
+            return False
+        sid = nxt[1]
+        doc = read_tokens(self.docs, sid)
         for a in range(0, len(doc), self.row_len):
             b = min(a + self.row_len, len(doc))
             self.pending.append([sid, a, b, 0])
@@ -117,16 +140,18 @@ class Partition:
         return [r for r in rows if r]
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "pending": [list(p) for p in self.pending]}
+        return {"epoch": self.epoch, "cursor": self.cursor, "pending": [list(p) for p in self.pending],
+                "carry": [list(c) for c in self.carry if c[1] < c[2]]}
 
 
 class PackedMLMDataset(IterableDataset):
     """Yields whole packed, masked batches (dicts of tensors); the loader strips META_KEY."""
 
     def __init__(self, cfg: DataConfig, streaming_ds, special: dict, device_batch_size: int,
-                 split: str, rank: int, world_size: int):
+                 split: str, rank: int, world_size: int, encoder=None):
         super().__init__()
         self.cfg, self.ds, self.special = cfg, streaming_ds, special
+        self.docs = Documents(streaming_ds, stream_formats(streaming_ds, cfg, split), special, encoder)
         self.split, self.rank, self.world_size = split, rank, world_size
         self.device_batch_size = device_batch_size
         self.max_seq_len = cfg.max_seq_len
@@ -160,7 +185,7 @@ class PackedMLMDataset(IterableDataset):
         while len(done) < n_parts // workers:
             v = k % n_parts
             if v not in parts:
-                parts[v] = Partition(self.ds, orders, self.rank * n_parts + v, self.world_size * n_parts,
+                parts[v] = Partition(self.docs, orders, self.rank * n_parts + v, self.world_size * n_parts,
                                      self.max_seq_len, self.infinite, start["parts"].get(v))
             if v not in done:
                 rows = parts[v].next_rows(self.schedule.rows(k), self.cfg.pack_buffer_factor, self.cfg.pack_max_wait)
@@ -210,14 +235,20 @@ class PackedMLMDataset(IterableDataset):
         if state is None:
             return
         header = self._header()
-        for key in ("version", "split", "seed", "world_size", "pack_parts", "max_seq_len"):
+        for key in ("version", "split", "seed", "max_seq_len"):
             if state.get(key) != header[key]:
                 raise ValueError(f"data loader state: {key}={state.get(key)!r} in the checkpoint but "
                                  f"{header[key]!r} now; exact resumption needs the same value")
-        mine = state["ranks"][self.rank]
+        if (state["world_size"], state["pack_parts"]) == (self.world_size, self.cfg.pack_parts):
+            mine = state["ranks"][self.rank]
+        else:  # a different rank count: the rest of the epoch is dealt to the new ranks
+            mine = resplit(state, self.world_size, self.cfg.pack_parts, lambda e: int(self.ds.epoch_size))[self.rank]
         self.progress = {"next_batch": int(mine["next_batch"]),
                          "parts": {int(v): s for v, s in mine["parts"].items()}}
         self._start = copy.deepcopy(self.progress)
+        if state.get("tokens_seen_slots") is not None and self.schedule.warmup_tokens:
+            # the warmup continues from the global tokens already served, whatever the old rank count
+            self.schedule.resume_at(self.progress["next_batch"], int(state["tokens_seen_slots"]))
 
 
 def _all_gather(obj: Any, rank: int, world_size: int) -> list:

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from flexbert.data.config import DataConfig, as_data_config, validate_data_config
 from flexbert.data.dataset import META_KEY, PackedMLMDataset
+from flexbert.data.documents import run_encoder
 from flexbert.data.packing import num_samples, num_tokens, split_packed_batch
 from flexbert.data.streams import build_streaming_dataset
 
@@ -45,11 +46,16 @@ class PackedDataLoader(DataLoader):
 
 def special_token_ids(tokenizer: Any) -> dict:
     """Special ids from a tokenizer directory / Hub name, a tokenizer object, or a ready dict."""
+    return run_tokenizer(tokenizer)[0]
+
+
+def run_tokenizer(tokenizer: Any) -> tuple[dict, Any]:
+    """(special ids, the fast encoder that text streams are tokenized with, or None)."""
     if isinstance(tokenizer, dict):
         missing = {"pad", "mask", "vocab_size", "all_special"} - set(tokenizer)
         if missing:
             raise ValueError(f"special token ids: missing {sorted(missing)}")
-        return tokenizer
+        return tokenizer, None
     from data_prep import DataPrepError
     from data_prep.tokenizer import check_special_tokens, load_tokenizer, special_ids
 
@@ -58,7 +64,7 @@ def special_token_ids(tokenizer: Any) -> dict:
         check_special_tokens(tok, str(tokenizer))
     except DataPrepError as exc:
         raise ValueError(str(exc)) from exc
-    return special_ids(tok)
+    return special_ids(tok), run_encoder(tok)
 
 
 def default_tokenizer_dir(cfg: DataConfig) -> str:
@@ -100,10 +106,10 @@ def build_pretraining_dataloader(cfg: Union[DataConfig, dict, Any], tokenizer: A
     if workers != cfg.num_workers:
         cfg.num_workers = workers
     validate_data_config(cfg, device_batch_size=device_batch_size)
-    special = special_token_ids(tokenizer if tokenizer is not None else default_tokenizer_dir(cfg))
+    special, encoder = run_tokenizer(tokenizer if tokenizer is not None else default_tokenizer_dir(cfg))
     rank, world_size = _world(rank, world_size)
     ds = PackedMLMDataset(cfg, build_streaming_dataset(cfg, split), special, device_batch_size,
-                          split, rank, world_size)
+                          split, rank, world_size, encoder)
     return PackedDataLoader(ds, workers, cfg.prefetch_factor, cfg.pin_memory)
 
 

@@ -18,17 +18,26 @@ class RowSchedule:
         self.step_tokens = max_seq_len * world_size
         self.min_rows = min_rows if min_rows is not None else device_batch_size
         self.warmup_tokens = warmup_tokens if min_rows is not None else 0
+        self.resume_at(0, 0)
+
+    def resume_at(self, step: int, tokens: int) -> None:
+        """Continue the ramp from `tokens` global slots served before `step` (a resume, possibly
+        with a different rank count: the ramp follows tokens, so it neither restarts nor jumps)."""
+        self._first, self._first_tokens = step, tokens
         self._rows: list[int] = []
-        self._tokens = 0
+        self._tokens = tokens
 
     def rows(self, step: int) -> int:
         """Device rows at global step `step`, extending the cached ramp as needed."""
-        while len(self._rows) <= step and self._tokens < self.warmup_tokens:
+        i = step - self._first
+        if i < 0:
+            raise ValueError(f"batch-size warmup: step {step} is before the resume point {self._first}")
+        while len(self._rows) <= i and self._tokens < self.warmup_tokens:
             r = self.min_rows + (self.full - self.min_rows) * self._tokens // self.warmup_tokens
             self._rows.append(int(r))
             self._tokens += r * self.step_tokens
-        return self._rows[step] if step < len(self._rows) else self.full
+        return self._rows[i] if i < len(self._rows) else self.full
 
     def tokens_before(self, step: int) -> int:
-        """Global token slots consumed by steps [0, step): what the warmup budget counts."""
-        return sum(self.rows(k) for k in range(step)) * self.step_tokens
+        """Global token slots consumed by steps before `step`: what the warmup budget counts."""
+        return self._first_tokens + sum(self.rows(k) for k in range(self._first, step)) * self.step_tokens

@@ -19,8 +19,10 @@ def world_size() -> int:
 def per_rank(global_rows: int, key: str, source: str) -> int:
     world = world_size()
     if global_rows % world:
-        raise ConfigError(f"{source}: {key}: {global_rows} rows do not split evenly over "
-                          f"{world} processes")
+        lower, upper = global_rows // world * world, -(-global_rows // world) * world
+        hint = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ConfigError(f"{source}: {key}: {global_rows} rows do not split evenly over {world} "
+                          f"processes; set {key} to a multiple of {world} (e.g. {hint})")
     return global_rows // world
 
 
