@@ -132,7 +132,8 @@ def describe_batch(
         position_ids_T = torch.arange(num_tokens, device=device) - cu_seqlens[:-1].long()[doc_ids_T]
     else:
         position_ids_T = position_ids.flatten()[indices_T]
-    out = Layout(layout, rows, row_len, flat_input, indices_T, cu_seqlens, int(max_seqlen),
+    # max_seqlen stays as given: int() on it would pin a compiled graph to one value.
+    out = Layout(layout, rows, row_len, flat_input, indices_T, cu_seqlens, max_seqlen,
                  position_ids_T, doc_ids_T)
     if layout == "padded":
         out.position_ids_L = out._scatter(position_ids_T, 0)
@@ -142,8 +143,9 @@ def describe_batch(
 
 def _check_offsets(cu_seqlens: torch.Tensor, num_tokens: int) -> None:
     """cu_seqlens must end at the real-token count. On an accelerator the check is queued on the
-    device (it fails at a later launch) rather than stalling the host every step."""
-    if cu_seqlens.device.type != "cpu":
+    device (it fails at a later launch) rather than stalling the host every step; under
+    torch.compile too, where reading the value would break the graph."""
+    if cu_seqlens.device.type != "cpu" or torch.compiler.is_compiling():
         torch._assert_async(cu_seqlens[-1] == num_tokens)
     elif int(cu_seqlens[-1]) != num_tokens:
         raise ValueError(f"cu_seqlens ends at {int(cu_seqlens[-1])} but the batch has "

@@ -183,48 +183,111 @@ KERNELS.register("sdpa", "torch SDPA; both layouts; the CPU reference (dense mas
 )
 
 
+# FlexAttention's tile: block masks describe [128 x 128] blocks of (query, key) pairs.
+_FLEX_BLOCK = 128
+_PAD_DOC = 2**30  # pads sort after every document, so document ids never decrease along a row
+
+
 def _block_mask(layout: Layout, window: Optional[int]):
-    from torch.nn.attention.flex_attention import create_block_mask
+    """FlexAttention BlockMask for documents (+ window), built from per-block statistics.
+
+    `create_block_mask` evaluates the mask on all N x N pairs (O(N^2) per batch, and under
+    torch.compile its signature inspection breaks the graph). Here each [128 x 128] block is
+    classified from the first and last document id of its query and key tiles and the blocks'
+    distance: O((N / 128)^2), a handful of vectorised ops. Blocks that may mix allowed and
+    refused pairs are "partial" (flex applies `mask_mod` there); blocks are "full" only when
+    every pair is allowed, so the result equals the dense mask's.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
 
     def build():
-        doc = layout.doc_ids_L
-        pos = layout.position_ids_L
+        doc, pos = layout.doc_ids_L, layout.position_ids_L
         if layout.layout == "unpadded":
             doc, pos = doc[None], pos[None]
-        batch = doc.shape[0]
 
         def mask_mod(b, h, q_idx, kv_idx):
             return _allowed(pos[b, q_idx], pos[b, kv_idx], doc[b, q_idx], doc[b, kv_idx], window)
 
-        # Pads share document -1, so in the padded layout they attend only to each other.
-        return create_block_mask(mask_mod, batch, None, doc.shape[1], doc.shape[1],
-                                 device=doc.device)
+        partial, full = _block_kinds(doc, window)
+        # Pads share document -1 (position 0), so in the padded layout they attend only to each other.
+        return BlockMask.from_kv_blocks(*_ordered(partial), *_ordered(full), BLOCK_SIZE=_FLEX_BLOCK,
+                                        mask_mod=mask_mod, seq_lengths=(doc.shape[1], doc.shape[1]))
 
     return layout.cached(("block_mask", window), build)
 
 
+def _block_kinds(doc: torch.Tensor, window: Optional[int]):
+    """[R, 1, nb, nb] partial and full blocks of `doc` [R, N] (documents contiguous per row,
+    pads -1 at row ends)."""
+    rows, n = doc.shape
+    nb = -(-n // _FLEX_BLOCK)
+    key = torch.where(doc < 0, _PAD_DOC, doc)
+    tiles = key[:, torch.arange(nb * _FLEX_BLOCK, device=doc.device).clamp(max=n - 1)]
+    tiles = tiles.view(rows, nb, _FLEX_BLOCK)
+    lo, hi = tiles[..., 0], tiles[..., -1]  # non-decreasing: first and last are min and max
+    lo_q, hi_q, lo_k, hi_k = lo[:, :, None], hi[:, :, None], lo[:, None, :], hi[:, None, :]
+    share_doc = (lo_q <= hi_k) & (lo_k <= hi_q)
+    one_doc = (lo_q == hi_q) & (hi_q == lo_k) & (lo_k == hi_k)
+    blocks = torch.arange(nb, device=doc.device)
+    complete = (blocks + 1) * _FLEX_BLOCK <= n
+    complete = complete[:, None] & complete[None, :]
+    if window is None:
+        near_any = near_all = torch.ones(nb, nb, dtype=torch.bool, device=doc.device)
+    else:
+        apart = (blocks[:, None] - blocks[None, :]).abs() * _FLEX_BLOCK
+        near_any = apart - (_FLEX_BLOCK - 1) <= window
+        near_all = apart + (_FLEX_BLOCK - 1) <= window
+        # pads have position 0 everywhere: the window never separates two pads
+        pads = (hi_q == _PAD_DOC) & (hi_k == _PAD_DOC)
+        near_any = near_any | pads
+        near_all = near_all | (pads & one_doc)
+    full = one_doc & complete & near_all
+    partial = share_doc & near_any & ~full
+    return partial.unsqueeze(1), full.unsqueeze(1)
+
+
+def _ordered(blocks: torch.Tensor):
+    """Block flags [R, 1, nq, nk] -> (count per query block, key-block indices listed first)."""
+    flags = blocks.to(torch.int32)
+    order = torch.argsort(flags, dim=-1, descending=True, stable=True)
+    return flags.sum(-1, dtype=torch.int32), order.to(torch.int32)
+
+
 def flex(q, k, v, layout: Layout, window: Optional[int], dropout_p: float) -> torch.Tensor:
     """FlexAttention: document + sliding-window block mask; skips blocks no query can see."""
-    if q.device.type == "cpu" and q.requires_grad and not flex_cpu_backward():
+    compiling = torch.compiler.is_compiling()  # the probe below would break the graph
+    if not compiling and q.device.type == "cpu" and q.requires_grad and not flex_cpu_backward():
         raise RuntimeError(f"model.attention.kernel='flex': torch {torch.__version__} cannot run "
                            "FlexAttention's backward on CPU; train on CPU with kernel 'sdpa' "
                            "(flex still serves CPU inference and GPU training)")
     block_mask = _block_mask(layout, window)
     if layout.layout == "unpadded":
         q, k, v = (x.unsqueeze(0) for x in (q, k, v))
-    out = _flex_fn()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                     block_mask=block_mask).transpose(1, 2)
+    attend = _eager_flex() if compiling else _flex_fn()  # inside a compiled model: traced as is
+    out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                 block_mask=block_mask).transpose(1, 2)
     return out.squeeze(0) if layout.layout == "unpadded" else out
+
+
+def _eager_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention
 
 
 @functools.lru_cache(maxsize=None)
 def _flex_fn():
     """Compiled flex_attention on CUDA (the fast path); the eager reference elsewhere."""
-    from torch.nn.attention.flex_attention import flex_attention
-
     if not torch.cuda.is_available():
-        return flex_attention
-    return torch.compile(flex_attention, dynamic=False)
+        return _eager_flex()
+    return compiled_flex()
+
+
+def compiled_flex(backend: str = "inductor"):
+    """flex_attention compiled once for every batch: token counts and block counts are symbolic
+    (dynamic=True), so fresh batches reuse one graph per window kind and never reach dynamo's
+    recompile limit (with static shapes each new token count was a new graph)."""
+    return torch.compile(_eager_flex(), dynamic=True, backend=backend)
 
 
 @functools.lru_cache(maxsize=None)
