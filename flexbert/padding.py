@@ -22,6 +22,14 @@ PADDINGS = new_registry(
 )
 
 
+# torch.compile options for a model fed by the packed loader (Composer's compile_config uses
+# them): every batch brings new token, document and masked-token counts, so those sizes are
+# symbolic from the first compile. Static shapes gave one graph per new count (34 graphs over 12
+# steps), and dynamo's automatic dynamic shapes one more graph each time another size first
+# changed (4); with these, one graph serves every batch.
+COMPILE_OPTIONS: dict[str, Any] = {"dynamic": True}
+
+
 @dataclass
 class Layout:
     """One forward pass's token layout; built once, read by every layer.
