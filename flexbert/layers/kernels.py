@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -127,54 +128,50 @@ _GROUP_RATIO = 1.15
 
 
 def _length_groups(layout: Layout):
-    """Documents sorted by length and cut into groups of similar length (host-side, once per
-    forward): per group the gather index [n, L] into [T] (pads repeat the document's first token),
-    a key-padding mask [n, 1, 1, L] or None when lengths are equal, and where real outputs sit."""
+    """Documents sorted by length and bucketed on a log scale (lengths in a bucket differ by less
+    than _GROUP_RATIO), built once per forward with vectorised ops: per group the gather index
+    [n * L] into [T] (pads repeat the document's first token), n, L and a key-padding mask
+    [n, 1, 1, L] or None when lengths are equal; and `slot_of_token`, where each real token's
+    output sits in the groups' concatenated outputs. Group sizes are read on the host once."""
 
     def build():
-        cu = layout.cu_seqlens.tolist()
-        lengths = [b - a for a, b in zip(cu[:-1], cu[1:])]
-        order = sorted(range(len(lengths)), key=lengths.__getitem__)
-        groups, current = [], []
-        for d in order:
-            if current and lengths[d] > _GROUP_RATIO * lengths[current[0]]:
-                groups.append(current)
-                current = []
-            current.append(d)
-        if current:
-            groups.append(current)
-        device = layout.cu_seqlens.device
-        plans, sources = [], []
-        for docs in groups:
-            longest = lengths[docs[-1]]
-            offs = torch.arange(longest, device=device)
-            starts = torch.tensor([cu[d] for d in docs], device=device)
-            lens = torch.tensor([lengths[d] for d in docs], device=device)
-            valid = offs[None, :] < lens[:, None]
-            gather = starts[:, None] + torch.where(valid, offs[None, :], 0)
-            mask = None if lengths[docs[0]] == longest else valid[:, None, None, :]
-            keep = valid.flatten().nonzero().squeeze(1) if mask is not None else None
-            plans.append((gather.flatten(), len(docs), longest, mask, keep))
-            sources.append(gather[valid])
-        # out_T[t] = cat(group outputs)[inverse[t]]
-        inverse = torch.argsort(torch.cat(sources))
-        return plans, inverse
+        cu = layout.cu_seqlens.long()
+        lengths = cu.diff()
+        order = torch.argsort(lengths, stable=True)
+        sorted_len = lengths.index_select(0, order)
+        bucket = (sorted_len.clamp(min=1).double().log() / math.log(_GROUP_RATIO)).floor()
+        _, counts = torch.unique_consecutive(bucket, return_counts=True)
+        longest = sorted_len.index_select(0, counts.cumsum(0) - 1)
+        shortest = sorted_len.index_select(0, counts.cumsum(0) - counts)
+        sizes = torch.stack([counts, longest, shortest]).tolist()  # the one host read
+        width = torch.repeat_interleave(longest, counts)  # each document's slot count
+        slots = int(sum(n * w for n, w in zip(sizes[0], sizes[1])))
+        doc = torch.repeat_interleave(torch.arange(width.numel(), device=cu.device), width,
+                                      output_size=slots)
+        within = torch.arange(slots, device=cu.device) - (width.cumsum(0) - width).index_select(0, doc)
+        valid = within < sorted_len.index_select(0, doc)
+        gather = cu.index_select(0, order).index_select(0, doc) + torch.where(valid, within, 0)
+        plans = []
+        for g, v, n, L, short in zip(gather.split([n * L for n, L in zip(*sizes[:2])]),
+                                     valid.split([n * L for n, L in zip(*sizes[:2])]), *sizes):
+            plans.append((g, n, L, None if short == L else v.view(n, 1, 1, L)))
+        slot_of_token = torch.empty_like(gather).index_put_((gather[valid],), valid.nonzero().squeeze(1))
+        return plans, slot_of_token[:layout.indices_T.numel()]
 
     return layout.cached("length_groups", build)
 
 
 def _sdpa_length_groups(q, k, v, layout: Layout, dropout_p: float) -> torch.Tensor:
     """Attention within documents on [T, H, Dh]: one SDPA call per group of similar lengths."""
-    plans, inverse = _length_groups(layout)
+    plans, slot_of_token = _length_groups(layout)
     outs = []
-    for gather, n, longest, key_mask, keep in plans:
+    for gather, n, longest, key_mask in plans:
         q_N, k_N, v_N = (x.index_select(0, gather).view(n, longest, *x.shape[1:]).transpose(1, 2)
                          for x in (q, k, v))
         out = F.scaled_dot_product_attention(q_N, k_N, v_N, attn_mask=key_mask, dropout_p=dropout_p)
-        out = out.transpose(1, 2).reshape(n * longest, *q.shape[1:])
-        outs.append(out if keep is None else out.index_select(0, keep))
+        outs.append(out.transpose(1, 2).reshape(n * longest, *q.shape[1:]))
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
-    return out.index_select(0, inverse)
+    return out.index_select(0, slot_of_token)
 
 
 KERNELS.register("sdpa", "torch SDPA; both layouts; the CPU reference (dense masks when padded; "
