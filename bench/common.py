@@ -211,8 +211,9 @@ def alternate(impls: dict[str, Callable[[int], Any]], reps: int, warmup: int,
               device: torch.device) -> dict[str, list[float]]:
     """Time each impl `reps` times, interleaved; each repetition rotates the starting impl.
 
-    An impl is called with the repetition index (to pick a batch) and must do all its work before
-    returning; CUDA is synchronised around each call.
+    An impl is called with a call index (to pick a batch): warm-up calls get 0 .. warmup - 1 and
+    timed ones warmup .. warmup + reps - 1, so a fresh-batch benchmark never times a batch it
+    warmed up on. It must do all its work before returning; CUDA is synchronised around each call.
     """
     names = list(impls)
     for i in range(warmup):
@@ -225,7 +226,7 @@ def alternate(impls: dict[str, Callable[[int], Any]], reps: int, warmup: int,
         for name in order:
             _sync(device)
             start = time.perf_counter()
-            impls[name](rep)
+            impls[name](warmup + rep)
             _sync(device)
             times[name].append(time.perf_counter() - start)
     return times
@@ -336,12 +337,39 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    js, md = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+def add_output_args(parser) -> None:
+    """--save / --out: a run writes files only when asked, so a smoke run never overwrites the
+    committed results."""
+    parser.add_argument("--save", action="store_true",
+                        help="write bench/results/NAME.{json,md,png} and refresh docs/performance.md")
+    parser.add_argument("--out", default=None,
+                        help="write NAME.json and NAME.md into this folder instead (docs untouched)")
+
+
+def write_results(name: str, payload: dict[str, Any], markdown: str,
+                  folder: Optional[Path] = None) -> tuple[Path, Path]:
+    folder = RESULTS if folder is None else Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    js, md = folder / f"{name}.json", folder / f"{name}.md"
     js.write_text(json.dumps(payload, indent=2) + "\n")
     md.write_text(markdown.rstrip() + "\n")
     return js, md
+
+
+def save_outputs(args, name: str, payload: dict[str, Any], markdown: str,
+                 plot_fn: Optional[Callable[[], Any]] = None) -> None:
+    """Honour --save / --out (see add_output_args); otherwise write nothing."""
+    if args.out:
+        js, md = write_results(name, payload, markdown, Path(args.out))
+        print(f"wrote {js} and {md}")
+    elif args.save:
+        write_results(name, payload, markdown)
+        if plot_fn is not None:
+            plot_fn()
+        update_doc(name, markdown)
+        print(f"wrote bench/results/{name}.* and docs/performance.md")
+    else:
+        print("nothing written (add --save to update bench/results and docs, or --out DIR)")
 
 
 def update_doc(section: str, markdown: str, path: Path = PERF_DOC) -> None:

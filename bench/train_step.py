@@ -3,15 +3,20 @@
 A step is forward + backward + AdamW step on an MLM batch (30% of real tokens masked, sparse
 prediction on both sides). All three models start from the same weights (`to_transformers`), see
 the same batches, and are timed alternately in one process. tokens/s counts real tokens only.
+Every step gets a fresh batch (new lengths, masks, gather plans), as in training; `--cycle N`
+cycles N batches instead. Per case: the measured speed-up over transformers, the FLOP ratio
+(`executed_flops`) and their quotient, the per-FLOP efficiency. Also timed: the GPU path's
+per-batch work (`describe_batch`, FlexAttention block masks) for base-sized batches.
 
-Usage: python bench/train_step.py [--quick] [--tokens 4096] [--reps 7] [--long-scale 1 2 4]
-Writes bench/results/train_step.{json,md,png} and the table in docs/performance.md.
+Usage: python bench/train_step.py [--quick] [--save | --out DIR] [--cycle N] [--reps 7]
+Only --save writes bench/results/train_step.{json,md,png} and the table in docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 import zlib
 
 import torch
@@ -56,26 +61,31 @@ def run_case(case: C.LengthCase, steps: dict, args, device) -> dict:
     gen = torch.Generator().manual_seed(zlib.crc32(case.name.encode()))
     mean_len = case.mean / case.scale
     docs = max(2, round(args.tokens / mean_len))  # two documents at least, so padding exists
+    distinct = args.cycle or args.warmup + args.reps  # fresh: one new batch per call
     batches = [C.padded_batch(case.sample(docs, gen), C.SMALL["vocab_size"], C.SMALL["pad_token_id"],
                               gen, mlm_prob=0.3, mask_id=C.SMALL["mask_token_id"])
-               for _ in range(args.batches)]
-    tokens = [C.real_tokens(b) for b in batches]
-    impls = {name: (lambda i, f=fn: f(batches[i % len(batches)])) for name, fn in steps.items()}
+               for _ in range(distinct)]
+    timed = [batches[i % distinct] for i in range(args.warmup, args.warmup + args.reps)]
+    impls = {name: (lambda i, f=fn: f(batches[i % distinct])) for name, fn in steps.items()}
     times = C.alternate(impls, args.reps, args.warmup, device)
-    rep_tokens = [tokens[i % len(batches)] for i in range(args.reps)]
     result = {"case": case.name, "lengths": case.describe(), "docs_per_batch": docs,
-              "mean_real_tokens_per_batch": round(statistics.mean(tokens)),
+              "mean_real_tokens_per_batch": round(statistics.mean(map(C.real_tokens, timed))),
               "mean_padded_tokens_per_batch": round(statistics.mean(b["input_ids"].numel()
-                                                                    for b in batches)),
-              "impls": {}}
+                                                                    for b in timed))}
     result["impls"] = C.summarize_impls(
-        times, rep_tokens, lambda name: C.peak_memory(lambda: steps[name](batches[0]), device))
+        times, [C.real_tokens(b) for b in timed],
+        lambda name: C.peak_memory(lambda: steps[name](batches[0]), device))
     cfg = C.model_cfg(C.SMALL)
+    flops = {name: [_flops(cfg, b, name) for b in timed] for name in steps}
     for name, summary in result["impls"].items():
-        flops = [_flops(cfg, b, name) for b in batches]
-        summary["executed_gflops"] = round(statistics.mean(flops) / 1e9, 2)
-    result["flop_ratio"] = round(result["impls"]["transformers"]["executed_gflops"]
-                                 / result["impls"]["flexbert unpadded"]["executed_gflops"], 2)
+        summary["executed_gflops"] = round(statistics.mean(flops[name]) / 1e9, 2)
+    # Paired per batch: the same batch's times and FLOPs, then medians over the batches.
+    ref, ours = times["transformers"], times["flexbert unpadded"]
+    ratios = [a / b for a, b in zip(flops["transformers"], flops["flexbert unpadded"])]
+    speedups = [a / b for a, b in zip(ref, ours)]
+    result["flop_ratio"] = round(statistics.median(ratios), 3)
+    result["speedup"] = round(statistics.median(speedups), 3)
+    result["efficiency"] = round(statistics.median(s / r for s, r in zip(speedups, ratios)), 3)
     return result
 
 
@@ -103,9 +113,9 @@ def markdown(payload: dict) -> str:
         f"window {cfg['attention']['local_window']} with every {cfg['attention']['global_every_n_layers']}rd "
         f"layer global, fp32, FlexBERT kernel `{cfg['attention']['kernel']}`; 30% MLM masking, sparse "
         f"prediction on both sides. About {payload['settings']['tokens']} real tokens per batch, one "
-        f"document per row padded to the batch's longest; {payload['settings']['batches']} distinct "
-        f"batches cycled; {payload['settings']['warmup']} warm-up and {payload['settings']['reps']} "
-        "timed steps per implementation, interleaved.", "",
+        f"document per row padded to the batch's longest; {_batches_line(payload['settings'])}; "
+        f"{payload['settings']['warmup']} warm-up and {payload['settings']['reps']} timed steps per "
+        "implementation, interleaved (every implementation gets the same batch at each step).", "",
         C.table(["case", "implementation", "tokens/s (median)", "min-max", "IQR", "vs transformers",
                  "GFLOP/step", "peak mem MiB"], rows), "",
         "GFLOP/step is what each implementation executes (bench/common.py `executed_flops`): "
@@ -115,6 +125,12 @@ def markdown(payload: dict) -> str:
         "alone account for (measured ratios above it come from per-FLOP efficiency: masked dense "
         "attention and padding cost transformers more than their FLOPs): "
         + "; ".join(f"{r['case']} {r['flop_ratio']:.2f}x" for r in payload["cases"]) + ".", "",
+        "Per-FLOP efficiency of FlexBERT unpadded: per batch, transformers' step time over ours "
+        "(speed-up) and transformers' executed FLOPs over ours (FLOP ratio); medians over the "
+        "timed batches. Efficiency 1.00 turns the whole FLOP advantage into speed.", "",
+        C.table(["case", "speed-up vs transformers", "FLOP ratio", "efficiency"],
+                [[r["case"], f"{r['speedup']:.2f}x", f"{r['flop_ratio']:.2f}x", f"{r['efficiency']:.2f}"]
+                 for r in payload["cases"]]), "",
         f"Case lengths: " + "; ".join(f"{r['case']} = {r['lengths']} ({r['docs_per_batch']} docs, "
                                       f"{r['mean_real_tokens_per_batch']:,} real of "
                                       f"{r['mean_padded_tokens_per_batch']:,} padded tokens per batch)"
@@ -124,20 +140,28 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def _batches_line(settings: dict) -> str:
+    if settings.get("cycle"):
+        return f"{settings['cycle']} distinct batches cycled"
+    return "a fresh batch for every step, warm-up included (no batch is seen twice)"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: small batches, 2 reps")
     p.add_argument("--tokens", type=int, default=4096, help="real tokens per batch (about)")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--batches", type=int, default=3, help="distinct batches cycled per case")
+    p.add_argument("--cycle", type=int, default=0,
+                   help="cycle this many distinct batches (0, the default: a fresh batch every step)")
     p.add_argument("--long-scale", type=int, nargs="+", default=[1, 2, 4],
                    help="divide the variable-8192 case's lengths by each of these (1: unscaled)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--no-mask-costs", action="store_true", help="skip the block-mask timings")
+    C.add_output_args(p)
     args = p.parse_args()
     if args.quick:
-        args.tokens, args.reps, args.warmup, args.batches, args.long_scale = 1024, 2, 1, 2, [8]
+        args.tokens, args.reps, args.warmup, args.long_scale = 1024, 2, 1, [8]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
@@ -146,7 +170,7 @@ def main() -> None:
 
     payload = {"benchmark": "train_step", "machine": C.machine(device),
                "config": OmegaConf.to_container(OmegaConf.create(C.SMALL)),
-               "settings": {k: getattr(args, k) for k in ("tokens", "reps", "warmup", "batches",
+               "settings": {k: getattr(args, k) for k in ("tokens", "reps", "warmup", "cycle",
                                                            "long_scale", "quick")},
                "memory_method": C.MEMORY_METHOD[device.type], "cases": []}
     for case in cases(args.long_scale):
@@ -154,15 +178,18 @@ def main() -> None:
         payload["cases"].append(result)
         print(case.name, {k: (v["tokens_per_s"], v["ratio_vs_transformers"])
                           for k, v in result["impls"].items()}, flush=True)
+    if not args.no_mask_costs:
+        from mask_costs import mask_costs, mask_costs_markdown
+
+        payload["mask_costs"] = mask_costs(1 if args.quick else 5)
     md = markdown(payload)
+    if "mask_costs" in payload:
+        md += "\n\n" + mask_costs_markdown(payload["mask_costs"])
     print(md)
-    if args.no_write or args.quick:
-        return
-    C.write_results("train_step", payload, md)
-    C.plot("train_step", f"Training step tokens/s, {payload['machine']['cpu']}",
-           [r["case"] for r in payload["cases"]],
-           {name: [r["impls"][name]["tokens_per_s"] for r in payload["cases"]] for name in IMPLS})
-    C.update_doc("train_step", md)
+    C.save_outputs(args, "train_step", payload, md, lambda: C.plot(
+        "train_step", f"Training step tokens/s, {payload['machine']['cpu']}",
+        [r["case"] for r in payload["cases"]],
+        {name: [r["impls"][name]["tokens_per_s"] for r in payload["cases"]] for name in IMPLS}))
 
 
 if __name__ == "__main__":

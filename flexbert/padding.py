@@ -22,6 +22,14 @@ PADDINGS = new_registry(
 )
 
 
+# torch.compile options for a model fed by the packed loader (Composer's compile_config uses
+# them): every batch brings new token, document and masked-token counts, so those sizes are
+# symbolic from the first compile. Static shapes gave one graph per new count (34 graphs over 12
+# steps), and dynamo's automatic dynamic shapes one more graph each time another size first
+# changed (4); with these, one graph serves every batch.
+COMPILE_OPTIONS: dict[str, Any] = {"dynamic": True}
+
+
 @dataclass
 class Layout:
     """One forward pass's token layout; built once, read by every layer.
@@ -122,17 +130,17 @@ def describe_batch(
     if cu_seqlens is None:
         cu_seqlens = _doc_offsets(attention_mask, position_ids, indices_T, rows, row_len)
     cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int32)
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
     _check_offsets(cu_seqlens, num_tokens)
     if max_seqlen is None:
-        max_seqlen = int(lengths.max()) if lengths.numel() else 0
-    doc_ids_T = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths,
-                                        output_size=num_tokens)
+        max_seqlen = int(cu_seqlens.diff().max()) if cu_seqlens.numel() > 1 else 0
+    doc_ids_T = _doc_ids(cu_seqlens, num_tokens)
     if position_ids is None:
-        position_ids_T = torch.arange(num_tokens, device=device) - cu_seqlens[:-1].long()[doc_ids_T]
+        position_ids_T = (torch.arange(num_tokens, device=device)
+                          - cu_seqlens[:-1].long().index_select(0, doc_ids_T))
     else:
-        position_ids_T = position_ids.flatten()[indices_T]
-    out = Layout(layout, rows, row_len, flat_input, indices_T, cu_seqlens, int(max_seqlen),
+        position_ids_T = position_ids.flatten().index_select(0, indices_T)
+    # max_seqlen stays as given: int() on it would pin a compiled graph to one value.
+    out = Layout(layout, rows, row_len, flat_input, indices_T, cu_seqlens, max_seqlen,
                  position_ids_T, doc_ids_T)
     if layout == "padded":
         out.position_ids_L = out._scatter(position_ids_T, 0)
@@ -140,10 +148,20 @@ def describe_batch(
     return out
 
 
+def _doc_ids(cu_seqlens: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Document index of every token: a running count of the document starts at or before it.
+    (One small scatter and a cumsum; repeat_interleave costs several times more on CPU.)"""
+    starts = torch.zeros(num_tokens, dtype=torch.int32, device=cu_seqlens.device)
+    starts.index_add_(0, cu_seqlens[1:-1].long().clamp(max=num_tokens - 1),
+                      (cu_seqlens[1:-1] < num_tokens).int())
+    return starts.cumsum(0)
+
+
 def _check_offsets(cu_seqlens: torch.Tensor, num_tokens: int) -> None:
     """cu_seqlens must end at the real-token count. On an accelerator the check is queued on the
-    device (it fails at a later launch) rather than stalling the host every step."""
-    if cu_seqlens.device.type != "cpu":
+    device (it fails at a later launch) rather than stalling the host every step; under
+    torch.compile too, where reading the value would break the graph."""
+    if cu_seqlens.device.type != "cpu" or torch.compiler.is_compiling():
         torch._assert_async(cu_seqlens[-1] == num_tokens)
     elif int(cu_seqlens[-1]) != num_tokens:
         raise ValueError(f"cu_seqlens ends at {int(cu_seqlens[-1])} but the batch has "

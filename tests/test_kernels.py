@@ -184,3 +184,35 @@ def test_sdpa_local_blocks_keep_documents_apart():
     unchanged[70:103] = False
     torch.testing.assert_close(after[unchanged], before[unchanged])
     assert not torch.allclose(after[70:103], before[70:103])
+
+
+def _dense_blocks(num: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    listed = torch.arange(idx.shape[-1]) < num[..., None]
+    return torch.zeros(idx.shape, dtype=torch.bool).scatter_(-1, idx.long(), listed)
+
+
+@pytest.mark.parametrize("window", [None, 3, 64, 200])
+@pytest.mark.parametrize("layout_name", ["padded", "unpadded"])
+def test_flex_block_mask_equals_create_block_mask(layout_name, window):
+    """Blocks classified from document statistics match torch's N x N evaluation exactly."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from flexbert.layers.kernels import _allowed, _block_mask
+
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(1, 160, (9,), generator=gen).tolist() + [300, 5]
+    ids, mask = mixed_batch(lengths)
+    if layout_name == "unpadded":
+        layout = describe_batch(ids[mask.bool()], cu_seqlens=torch.tensor([0] + lengths).cumsum(0))
+        doc, pos = layout.doc_ids_L[None], layout.position_ids_L[None]
+    else:
+        layout = describe_batch(ids, mask, layout="padded")
+        doc, pos = layout.doc_ids_L, layout.position_ids_L
+    ours = _block_mask(layout, window)
+    ref = create_block_mask(lambda b, h, q, k: _allowed(pos[b, q], pos[b, k], doc[b, q], doc[b, k], window),
+                            doc.shape[0], None, doc.shape[1], doc.shape[1], device="cpu")
+    for kind in ("kv", "full_kv"):
+        got, want = (_dense_blocks(getattr(m, f"{kind}_num_blocks"), getattr(m, f"{kind}_indices"))
+                     for m in (ours, ref))
+        assert torch.equal(got, want), kind
+    assert ours.shape == ref.shape

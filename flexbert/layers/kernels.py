@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -127,54 +128,50 @@ _GROUP_RATIO = 1.15
 
 
 def _length_groups(layout: Layout):
-    """Documents sorted by length and cut into groups of similar length (host-side, once per
-    forward): per group the gather index [n, L] into [T] (pads repeat the document's first token),
-    a key-padding mask [n, 1, 1, L] or None when lengths are equal, and where real outputs sit."""
+    """Documents sorted by length and bucketed on a log scale (lengths in a bucket differ by less
+    than _GROUP_RATIO), built once per forward with vectorised ops: per group the gather index
+    [n * L] into [T] (pads repeat the document's first token), n, L and a key-padding mask
+    [n, 1, 1, L] or None when lengths are equal; and `slot_of_token`, where each real token's
+    output sits in the groups' concatenated outputs. Group sizes are read on the host once."""
 
     def build():
-        cu = layout.cu_seqlens.tolist()
-        lengths = [b - a for a, b in zip(cu[:-1], cu[1:])]
-        order = sorted(range(len(lengths)), key=lengths.__getitem__)
-        groups, current = [], []
-        for d in order:
-            if current and lengths[d] > _GROUP_RATIO * lengths[current[0]]:
-                groups.append(current)
-                current = []
-            current.append(d)
-        if current:
-            groups.append(current)
-        device = layout.cu_seqlens.device
-        plans, sources = [], []
-        for docs in groups:
-            longest = lengths[docs[-1]]
-            offs = torch.arange(longest, device=device)
-            starts = torch.tensor([cu[d] for d in docs], device=device)
-            lens = torch.tensor([lengths[d] for d in docs], device=device)
-            valid = offs[None, :] < lens[:, None]
-            gather = starts[:, None] + torch.where(valid, offs[None, :], 0)
-            mask = None if lengths[docs[0]] == longest else valid[:, None, None, :]
-            keep = valid.flatten().nonzero().squeeze(1) if mask is not None else None
-            plans.append((gather.flatten(), len(docs), longest, mask, keep))
-            sources.append(gather[valid])
-        # out_T[t] = cat(group outputs)[inverse[t]]
-        inverse = torch.argsort(torch.cat(sources))
-        return plans, inverse
+        cu = layout.cu_seqlens.long()
+        lengths = cu.diff()
+        order = torch.argsort(lengths, stable=True)
+        sorted_len = lengths.index_select(0, order)
+        bucket = (sorted_len.clamp(min=1).double().log() / math.log(_GROUP_RATIO)).floor()
+        _, counts = torch.unique_consecutive(bucket, return_counts=True)
+        longest = sorted_len.index_select(0, counts.cumsum(0) - 1)
+        shortest = sorted_len.index_select(0, counts.cumsum(0) - counts)
+        sizes = torch.stack([counts, longest, shortest]).tolist()  # the one host read
+        width = torch.repeat_interleave(longest, counts)  # each document's slot count
+        slots = int(sum(n * w for n, w in zip(sizes[0], sizes[1])))
+        doc = torch.repeat_interleave(torch.arange(width.numel(), device=cu.device), width,
+                                      output_size=slots)
+        within = torch.arange(slots, device=cu.device) - (width.cumsum(0) - width).index_select(0, doc)
+        valid = within < sorted_len.index_select(0, doc)
+        gather = cu.index_select(0, order).index_select(0, doc) + torch.where(valid, within, 0)
+        plans = []
+        for g, v, n, L, short in zip(gather.split([n * L for n, L in zip(*sizes[:2])]),
+                                     valid.split([n * L for n, L in zip(*sizes[:2])]), *sizes):
+            plans.append((g, n, L, None if short == L else v.view(n, 1, 1, L)))
+        slot_of_token = torch.empty_like(gather).index_put_((gather[valid],), valid.nonzero().squeeze(1))
+        return plans, slot_of_token[:layout.indices_T.numel()]
 
     return layout.cached("length_groups", build)
 
 
 def _sdpa_length_groups(q, k, v, layout: Layout, dropout_p: float) -> torch.Tensor:
     """Attention within documents on [T, H, Dh]: one SDPA call per group of similar lengths."""
-    plans, inverse = _length_groups(layout)
+    plans, slot_of_token = _length_groups(layout)
     outs = []
-    for gather, n, longest, key_mask, keep in plans:
+    for gather, n, longest, key_mask in plans:
         q_N, k_N, v_N = (x.index_select(0, gather).view(n, longest, *x.shape[1:]).transpose(1, 2)
                          for x in (q, k, v))
         out = F.scaled_dot_product_attention(q_N, k_N, v_N, attn_mask=key_mask, dropout_p=dropout_p)
-        out = out.transpose(1, 2).reshape(n * longest, *q.shape[1:])
-        outs.append(out if keep is None else out.index_select(0, keep))
+        outs.append(out.transpose(1, 2).reshape(n * longest, *q.shape[1:]))
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
-    return out.index_select(0, inverse)
+    return out.index_select(0, slot_of_token)
 
 
 KERNELS.register("sdpa", "torch SDPA; both layouts; the CPU reference (dense masks when padded; "
@@ -183,48 +180,111 @@ KERNELS.register("sdpa", "torch SDPA; both layouts; the CPU reference (dense mas
 )
 
 
+# FlexAttention's tile: block masks describe [128 x 128] blocks of (query, key) pairs.
+_FLEX_BLOCK = 128
+_PAD_DOC = 2**30  # pads sort after every document, so document ids never decrease along a row
+
+
 def _block_mask(layout: Layout, window: Optional[int]):
-    from torch.nn.attention.flex_attention import create_block_mask
+    """FlexAttention BlockMask for documents (+ window), built from per-block statistics.
+
+    `create_block_mask` evaluates the mask on all N x N pairs (O(N^2) per batch, and under
+    torch.compile its signature inspection breaks the graph). Here each [128 x 128] block is
+    classified from the first and last document id of its query and key tiles and the blocks'
+    distance: O((N / 128)^2), a handful of vectorised ops. Blocks that may mix allowed and
+    refused pairs are "partial" (flex applies `mask_mod` there); blocks are "full" only when
+    every pair is allowed, so the result equals the dense mask's.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
 
     def build():
-        doc = layout.doc_ids_L
-        pos = layout.position_ids_L
+        doc, pos = layout.doc_ids_L, layout.position_ids_L
         if layout.layout == "unpadded":
             doc, pos = doc[None], pos[None]
-        batch = doc.shape[0]
 
         def mask_mod(b, h, q_idx, kv_idx):
             return _allowed(pos[b, q_idx], pos[b, kv_idx], doc[b, q_idx], doc[b, kv_idx], window)
 
-        # Pads share document -1, so in the padded layout they attend only to each other.
-        return create_block_mask(mask_mod, batch, None, doc.shape[1], doc.shape[1],
-                                 device=doc.device)
+        partial, full = _block_kinds(doc, window)
+        # Pads share document -1 (position 0), so in the padded layout they attend only to each other.
+        return BlockMask.from_kv_blocks(*_ordered(partial), *_ordered(full), BLOCK_SIZE=_FLEX_BLOCK,
+                                        mask_mod=mask_mod, seq_lengths=(doc.shape[1], doc.shape[1]))
 
     return layout.cached(("block_mask", window), build)
 
 
+def _block_kinds(doc: torch.Tensor, window: Optional[int]):
+    """[R, 1, nb, nb] partial and full blocks of `doc` [R, N] (documents contiguous per row,
+    pads -1 at row ends)."""
+    rows, n = doc.shape
+    nb = -(-n // _FLEX_BLOCK)
+    key = torch.where(doc < 0, _PAD_DOC, doc)
+    tiles = key[:, torch.arange(nb * _FLEX_BLOCK, device=doc.device).clamp(max=n - 1)]
+    tiles = tiles.view(rows, nb, _FLEX_BLOCK)
+    lo, hi = tiles[..., 0], tiles[..., -1]  # non-decreasing: first and last are min and max
+    lo_q, hi_q, lo_k, hi_k = lo[:, :, None], hi[:, :, None], lo[:, None, :], hi[:, None, :]
+    share_doc = (lo_q <= hi_k) & (lo_k <= hi_q)
+    one_doc = (lo_q == hi_q) & (hi_q == lo_k) & (lo_k == hi_k)
+    blocks = torch.arange(nb, device=doc.device)
+    complete = (blocks + 1) * _FLEX_BLOCK <= n
+    complete = complete[:, None] & complete[None, :]
+    if window is None:
+        near_any = near_all = torch.ones(nb, nb, dtype=torch.bool, device=doc.device)
+    else:
+        apart = (blocks[:, None] - blocks[None, :]).abs() * _FLEX_BLOCK
+        near_any = apart - (_FLEX_BLOCK - 1) <= window
+        near_all = apart + (_FLEX_BLOCK - 1) <= window
+        # pads have position 0 everywhere: the window never separates two pads
+        pads = (hi_q == _PAD_DOC) & (hi_k == _PAD_DOC)
+        near_any = near_any | pads
+        near_all = near_all | (pads & one_doc)
+    full = one_doc & complete & near_all
+    partial = share_doc & near_any & ~full
+    return partial.unsqueeze(1), full.unsqueeze(1)
+
+
+def _ordered(blocks: torch.Tensor):
+    """Block flags [R, 1, nq, nk] -> (count per query block, key-block indices listed first)."""
+    flags = blocks.to(torch.int32)
+    order = torch.argsort(flags, dim=-1, descending=True, stable=True)
+    return flags.sum(-1, dtype=torch.int32), order.to(torch.int32)
+
+
 def flex(q, k, v, layout: Layout, window: Optional[int], dropout_p: float) -> torch.Tensor:
     """FlexAttention: document + sliding-window block mask; skips blocks no query can see."""
-    if q.device.type == "cpu" and q.requires_grad and not flex_cpu_backward():
+    compiling = torch.compiler.is_compiling()  # the probe below would break the graph
+    if not compiling and q.device.type == "cpu" and q.requires_grad and not flex_cpu_backward():
         raise RuntimeError(f"model.attention.kernel='flex': torch {torch.__version__} cannot run "
                            "FlexAttention's backward on CPU; train on CPU with kernel 'sdpa' "
                            "(flex still serves CPU inference and GPU training)")
     block_mask = _block_mask(layout, window)
     if layout.layout == "unpadded":
         q, k, v = (x.unsqueeze(0) for x in (q, k, v))
-    out = _flex_fn()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                     block_mask=block_mask).transpose(1, 2)
+    attend = _eager_flex() if compiling else _flex_fn()  # inside a compiled model: traced as is
+    out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                 block_mask=block_mask).transpose(1, 2)
     return out.squeeze(0) if layout.layout == "unpadded" else out
+
+
+def _eager_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention
 
 
 @functools.lru_cache(maxsize=None)
 def _flex_fn():
     """Compiled flex_attention on CUDA (the fast path); the eager reference elsewhere."""
-    from torch.nn.attention.flex_attention import flex_attention
-
     if not torch.cuda.is_available():
-        return flex_attention
-    return torch.compile(flex_attention, dynamic=False)
+        return _eager_flex()
+    return compiled_flex()
+
+
+def compiled_flex(backend: str = "inductor"):
+    """flex_attention compiled once for every batch: token counts and block counts are symbolic
+    (dynamic=True), so fresh batches reuse one graph per window kind and never reach dynamo's
+    recompile limit (with static shapes each new token count was a new graph)."""
+    return torch.compile(_eager_flex(), dynamic=True, backend=backend)
 
 
 @functools.lru_cache(maxsize=None)
