@@ -194,9 +194,12 @@ def build_trainer(recipe: Recipe) -> Trainer:
     keep_config = ApplyOptimizerConfig(cfg.optimizer.lr,
                                        [g["weight_decay"] for g in optimizer.param_groups])
     train_spec = train_data.train_dataspec(recipe)
+    from flexbert.train.preflight import evaluates
+
     evaluator = Evaluator(label="eval", dataloader=train_data.eval_dataspec(recipe),
                           metric_names=list(model.eval_metrics),
-                          device_eval_microbatch_size=eval_microbatch(recipe))
+                          device_eval_microbatch_size=eval_microbatch(recipe)) \
+        if evaluates(recipe) else None
     return Trainer(
         model=model, run_name=cfg.run_name, seed=cfg.seed, device=device,
         train_dataloader=train_spec, eval_dataloader=evaluator, max_duration=cfg.max_duration,

@@ -64,6 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         recipe = load_recipe(args.config, args.overrides)
+        from flexbert.train.preflight import check_data
+
+        check_data(recipe)  # data prepared, tokenizer vs model: before the model is built
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
