@@ -21,11 +21,10 @@ import numpy as np
 
 from data_prep import DataPrepError
 from data_prep.outputs import check_output, clean_leftovers, disk_error
-from data_prep.sources import SourceOptions, iter_documents
+from data_prep.sources import SourceOptions, iter_documents, segments
 from data_prep.tokenizer import load_tokenizer, save_tokenizer
 
 SPLITS = ("train", "val")
-SEGMENT_CHARS = 1 << 20  # long documents are tokenized in pieces of at most this many characters
 BATCH_CHARS = 1 << 22    # characters the tokenizer encodes at once
 CHUNK_CHARS = 1 << 23    # characters handed to a worker at once
 
@@ -108,21 +107,6 @@ def _encode_segments(tok, segs: list[str], dtype: str) -> list[np.ndarray]:
             batch.append(seg)
             chars += len(seg)
     return out
-
-
-def segments(text: str, size: int = SEGMENT_CHARS) -> list[str]:
-    """Cut a long text into pieces of at most `size` characters, each cut just before a space or
-    newline where there is one: byte-level BPE splits words there anyway, so the tokens are the
-    same as for the whole text."""
-    parts, start = [], 0
-    while len(text) - start > size:
-        end = start + size
-        cut = max(text.rfind(" ", start + size // 2, end), text.rfind("\n", start + size // 2, end))
-        cut = cut if cut > start else end
-        parts.append(text[start:cut])
-        start = cut
-    parts.append(text[start:])
-    return parts
 
 
 def _account_document(idx: int, empty: bool, arr: np.ndarray, s: dict, out: dict) -> None:

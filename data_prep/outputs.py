@@ -61,9 +61,9 @@ def clean_leftovers(out: Path) -> list[Path]:
 
 
 def disk_error(exc: OSError, where: str | os.PathLike) -> DataPrepError:
-    """One line for a failed write: which path, and why (full disk, read-only, permission)."""
-    name = exc.filename or where
+    """One line for a failed write: the output it was for (not the hidden partial folder), and
+    why (full disk, read-only, permission)."""
     reason = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system",
               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
               errno.EDQUOT: "disk quota exceeded"}.get(exc.errno, exc.strerror or str(exc))
-    return DataPrepError(f"{name}: cannot write ({reason})")
+    return DataPrepError(f"{where}: cannot write ({reason})")

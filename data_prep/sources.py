@@ -17,6 +17,7 @@ from data_prep import DataPrepError
 
 BINARY_PROBE = 8192
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
+SEGMENT_CHARS = 1 << 20  # long documents are tokenized in pieces of at most this many characters
 
 
 @dataclass
@@ -218,3 +219,18 @@ def _iter_rows(ds, where: str, opts: SourceOptions) -> Iterator[str]:
     """Rows of a `datasets` dataset; row numbers make a missing field easy to locate."""
     for i, row in enumerate(ds):
         yield _field(row, opts.text_field, f"{where} row {i}")
+
+
+def segments(text: str, size: int = SEGMENT_CHARS) -> list[str]:
+    """Cut a long text into pieces of at most `size` characters, each cut just before a space or
+    newline where there is one: byte-level BPE splits words there anyway, so the tokens are the
+    same as for the whole text."""
+    parts, start = [], 0
+    while len(text) - start > size:
+        end = start + size
+        cut = max(text.rfind(" ", start + size // 2, end), text.rfind("\n", start + size // 2, end))
+        cut = cut if cut > start else end
+        parts.append(text[start:cut])
+        start = cut
+    parts.append(text[start:])
+    return parts
