@@ -25,7 +25,7 @@ from data_prep.sources import SourceOptions, iter_documents, segments
 from data_prep.tokenizer import load_tokenizer, save_tokenizer
 
 SPLITS = ("train", "val")
-BATCH_CHARS = 1 << 22    # characters the tokenizer encodes at once
+BATCH_CHARS = 1 << 20    # characters the tokenizer encodes at once
 CHUNK_CHARS = 1 << 23    # characters handed to a worker at once
 
 

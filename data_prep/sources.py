@@ -17,7 +17,7 @@ from data_prep import DataPrepError
 
 BINARY_PROBE = 8192
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
-SEGMENT_CHARS = 1 << 20  # long documents are tokenized in pieces of at most this many characters
+SEGMENT_CHARS = 1 << 18  # long documents are tokenized in pieces of at most this many characters
 
 
 @dataclass
