@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     _source_args(t)
     t.add_argument("--vocab-size", type=int, default=32768, help="multiple of 64")
     t.add_argument("--out", required=True)
+    t.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     m = sub.add_parser("mds", help="tokenize sources into zstd MDS shards")
     _source_args(m)
     m.add_argument("--tokenizer", required=True, help="local directory or Hub name")
@@ -65,12 +66,9 @@ def _source_options(a):
 def _run(a) -> dict:
     """Dispatch a parsed command; returns a summary printed as JSON."""
     if a.cmd == "tokenizer":
-        from data_prep.sources import iter_documents
-        from data_prep.tokenizer import check_vocab_size, iter_texts_for_training, train_tokenizer
+        from data_prep.tokenizer import build_tokenizer
 
-        check_vocab_size(a.vocab_size)
-        tok = train_tokenizer(iter_texts_for_training(iter_documents(a.sources, _source_options(a))),
-                              a.vocab_size, a.out)
+        tok = build_tokenizer(a.sources, _source_options(a), a.vocab_size, a.out, a.overwrite)
         return {"out": a.out, "vocab_size": len(tok)}
     if a.cmd == "mds":
         from data_prep.mds import MdsOptions, build_mds
@@ -94,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         summary = _run(args)
     except DataPrepError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write the commands did not anticipate: still one line, the path
+        from data_prep.outputs import disk_error
+
+        print(f"error: {disk_error(exc, getattr(args, 'out', '?'))}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
     return 0

@@ -20,10 +20,13 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from data_prep import DataPrepError
-from data_prep.sources import SourceOptions, iter_documents
+from data_prep.outputs import check_output, clean_leftovers, disk_error
+from data_prep.sources import SourceOptions, iter_documents, segments
 from data_prep.tokenizer import load_tokenizer, save_tokenizer
 
 SPLITS = ("train", "val")
+BATCH_CHARS = 1 << 20    # characters the tokenizer encodes at once
+CHUNK_CHARS = 1 << 23    # characters handed to a worker at once
 
 
 @dataclass
@@ -75,27 +78,46 @@ def _init_worker(tokenizer_json: str, settings: dict) -> None:
     _WORKER.update(settings)
 
 
-def _process_chunk(chunk: list[tuple[int, str]]) -> dict:
-    """Tokenize a chunk of (doc index, text) and cut it into framed pieces with full accounting."""
+def _process_chunk(chunk: list[tuple[int, list[str]]]) -> dict:
+    """Tokenize a chunk of (doc index, text segments) and cut it into framed pieces with full
+    accounting."""
     s = _WORKER
-    texts = [text for _, text in chunk]
-    encs = s["tok"].encode_batch(texts, add_special_tokens=False)
+    segs = [seg for _, parts in chunk for seg in parts]
+    ids = iter(_encode_segments(s["tok"], segs, s["dtype"]))
     out = {"pieces": [], "counts": Counter()}
-    for (idx, text), enc in zip(chunk, encs):
-        _account_document(idx, text, enc.ids, s, out)
+    for idx, parts in chunk:
+        doc = [next(ids) for _ in parts]
+        empty = not any(seg.strip() for seg in parts)
+        _account_document(idx, empty, np.concatenate(doc) if len(doc) > 1 else doc[0], s, out)
     return out
 
 
-def _account_document(idx: int, text: str, ids: list[int], s: dict, out: dict) -> None:
+def _encode_segments(tok, segs: list[str], dtype: str) -> list[np.ndarray]:
+    """Token ids per segment, encoded in batches of at most BATCH_CHARS characters: the
+    tokenizer's per-token bookkeeping (strings, offsets) never covers more than one batch."""
+    out: list[np.ndarray] = []
+    batch: list[str] = []
+    chars = 0
+    for seg in segs + [None]:
+        if seg is None or (batch and chars + len(seg) > BATCH_CHARS):
+            out += [np.asarray(e.ids, dtype=dtype)
+                    for e in tok.encode_batch(batch, add_special_tokens=False)]
+            batch, chars = [], 0
+        if seg is not None:
+            batch.append(seg)
+            chars += len(seg)
+    return out
+
+
+def _account_document(idx: int, empty: bool, arr: np.ndarray, s: dict, out: dict) -> None:
     """Split one document into pieces of <= max content tokens; count every token once."""
     c = out["counts"]
     c["documents"] += 1
-    if not text.strip() or not ids:
+    if empty or not len(arr):
         c["skipped_empty"] += 1
         return
-    c["tokens_in"] += len(ids)
+    c["tokens_in"] += len(arr)
     split = "val" if is_val(idx, s["seed"], s["val_fraction"]) else "train"
-    arr = np.asarray(ids, dtype=s["dtype"])
     step = s["max_doc_tokens"] - 2
     pieces = [arr[i:i + step] for i in range(0, len(arr), step)]
     if len(pieces) > 1:
@@ -114,20 +136,34 @@ def _account_document(idx: int, text: str, ids: list[int], s: dict, out: dict) -
 
 # --- main side ---------------------------------------------------------------------------------
 
-def _chunks(docs: Iterable[str], size: int) -> Iterator[list[tuple[int, str]]]:
-    """Number documents globally (the split hash needs it) and group them for the pool."""
-    it = enumerate(docs)
-    while chunk := list(islice(it, size)):
+def _chunks(docs: Iterable[str], max_docs: int) -> Iterator[list[tuple[int, list[str]]]]:
+    """Number documents globally (the split hash needs it), cut long ones into segments and group
+    them for the pool: at most `max_docs` documents or CHUNK_CHARS characters a chunk (a single
+    longer document travels alone)."""
+    chunk: list[tuple[int, list[str]]] = []
+    chars = 0
+    for idx, text in enumerate(docs):
+        if chunk and chars + len(text) > CHUNK_CHARS:
+            yield chunk
+            chunk, chars = [], 0
+        chunk.append((idx, segments(text)))
+        chars += len(text)
+        if len(chunk) >= max_docs:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
         yield chunk
 
 
-def _writers(tmp: Path, dtype: str, shard_size: int) -> dict:
-    """One MDS writer per split: zstd compressed, xxh64 hashed so corruption is detectable."""
+def _writers(tmp: Path, dtype: str, shard_size: int, val_fraction: float) -> dict:
+    """One MDS writer per split: zstd compressed, xxh64 hashed so corruption is detectable.
+    `--val-fraction 0` writes no val split at all (train.py then trains without evaluation)."""
     from streaming import MDSWriter
 
+    splits = SPLITS if val_fraction > 0 else ("train",)
     return {split: MDSWriter(out=str(tmp / split), columns={"input_ids": f"ndarray:{dtype}"},
                              compression="zstd", hashes=["xxh64"], size_limit=shard_size)
-            for split in SPLITS}
+            for split in splits}
 
 
 def _settings(opts: MdsOptions, tok, dtype: str) -> dict:
@@ -156,7 +192,7 @@ def _write_all(opts: MdsOptions, tmp: Path, tok, docs) -> Counter:
 
     dtype = "uint16" if len(tok) <= 1 << 16 else "uint32"
     totals: Counter = Counter()
-    writers = _writers(tmp, dtype, opts.shard_size)
+    writers = _writers(tmp, dtype, opts.shard_size, opts.val_fraction)
     bar = tqdm(desc="mds", unit="tok", unit_scale=True, disable=None if opts.progress else True)
     try:
         for res in _results(opts, str(tmp / "tokenizer" / "tokenizer.json"), _settings(opts, tok, dtype), docs):
@@ -170,6 +206,8 @@ def _write_all(opts: MdsOptions, tmp: Path, tok, docs) -> Counter:
         bar.close()
         for w in writers.values():
             w.finish()
+    if not totals["val_samples"]:  # no document drew val: an empty split would crash the loader
+        shutil.rmtree(tmp / "val", ignore_errors=True)
     totals["dtype_bits"] = 16 if dtype == "uint16" else 32
     return totals
 
@@ -196,26 +234,33 @@ def _stats(opts: MdsOptions, c: Counter, seconds: float, src: SourceOptions) -> 
 def build_mds(sources: list[str], opts: MdsOptions) -> dict:
     """Tokenize `sources` into `opts.out/{train,val}` + stats.json + tokenizer/, atomically."""
     check_options(opts)
-    out = Path(opts.out)
-    if out.exists() and any(out.iterdir()) and not opts.overwrite:
-        raise DataPrepError(f"{out}: already exists and is not empty (use --overwrite)")
+    out = check_output(opts.out, sources, opts.overwrite)
     tok = load_tokenizer(opts.tokenizer)
+    clean_leftovers(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_tokenizer(tok, tmp / "tokenizer")
-        start = time.perf_counter()
-        counts = _write_all(opts, tmp, tok, iter_documents(sources, opts.source))
-        stats = _stats(opts, counts, time.perf_counter() - start, opts.source)
-        if stats["documents_written"] == 0:
-            raise DataPrepError(f"{', '.join(sources)}: no documents to write "
-                                f"({stats['documents']} read, all empty or too short)")
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        _publish(tmp, out)
+        _build(sources, opts, tok, tmp, out)
+    except OSError as exc:  # full or read-only disk, permissions: one line naming the output
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_error(exc, out) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return stats
+    return json.loads((out / "stats.json").read_text())
+
+
+def _build(sources: list[str], opts: MdsOptions, tok, tmp: Path, out: Path) -> None:
+    """Write everything into `tmp`, then swap it into place as `out`."""
+    save_tokenizer(tok, tmp / "tokenizer")
+    start = time.perf_counter()
+    counts = _write_all(opts, tmp, tok, iter_documents(sources, opts.source))
+    stats = _stats(opts, counts, time.perf_counter() - start, opts.source)
+    if stats["documents_written"] == 0:
+        raise DataPrepError(f"{', '.join(sources)}: no documents to write "
+                            f"({stats['documents']} read, all empty or too short)")
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    _publish(tmp, out)
 
 
 def _publish(tmp: Path, out: Path) -> None:

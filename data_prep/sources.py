@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from data_prep import DataPrepError
 
 BINARY_PROBE = 8192
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
+SEGMENT_CHARS = 1 << 18  # long documents are tokenized in pieces of at most this many characters
 
 
 @dataclass
@@ -67,14 +69,35 @@ def _iter_file(path: Path, opts: SourceOptions) -> Iterator[str]:
         yield from _iter_text(path, opts)
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Read a file, turning OS errors into messages that name it."""
+READ_ERRORS = (OSError, EOFError, zlib.error)  # gzip raises all three for damaged files
+
+
+def _open(path: Path):
+    """A binary handle; `.gz` files are decompressed as they are read, never whole."""
     try:
-        if path.name.lower().endswith(".gz"):
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
-    except (OSError, EOFError) as exc:
+        return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
+    except OSError as exc:
+        raise DataPrepError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) streamed from a file; a damaged or unreadable file names itself."""
+    lineno = 0
+    try:
+        with _open(path) as fh:
+            for lineno, line in enumerate(fh, start=1):
+                yield lineno, line
+    except READ_ERRORS as exc:
+        raise DataPrepError(f"{path}:{lineno + 1}: cannot read ({getattr(exc, 'strerror', None) or exc})"
+                            ) from exc
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A whole file (a plain text file that is one document)."""
+    try:
+        with _open(path) as fh:
+            return fh.read()
+    except READ_ERRORS as exc:
         raise DataPrepError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from exc
 
 
@@ -91,23 +114,35 @@ def decode(raw: bytes, where: str, opts: SourceOptions) -> str:
 
 
 def _iter_text(path: Path, opts: SourceOptions) -> Iterator[str]:
-    """Plain text: refuse binaries (NUL bytes), then split into documents."""
-    raw = _read_bytes(path)
-    if b"\x00" in raw[:BINARY_PROBE]:
+    """Plain text: refuse binaries (NUL bytes), then split into documents; line and paragraph
+    splits stream the file, a whole-file document is read whole (it is one document)."""
+    with _open(path) as fh:
+        try:
+            head = fh.read(BINARY_PROBE)
+        except READ_ERRORS as exc:
+            raise DataPrepError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from exc
+    if b"\x00" in head:
         raise DataPrepError(f"{path}: binary file (NUL bytes in the first {BINARY_PROBE} bytes), not text")
-    text = decode(raw, str(path), opts)
     if opts.text_split == "file":
-        yield text
-    elif opts.text_split == "line":
-        yield from text.splitlines()
-    else:
-        yield from text.split("\n\n")
+        yield decode(_read_bytes(path), str(path), opts)
+        return
+    paragraph: list[str] = []
+    for lineno, raw in _lines(path):
+        line = decode(raw, f"{path}:{lineno}", opts).rstrip("\r\n")
+        if opts.text_split == "line":
+            yield line
+        elif line.strip():
+            paragraph.append(line)
+        elif paragraph:
+            yield "\n".join(paragraph)
+            paragraph = []
+    if paragraph:
+        yield "\n".join(paragraph)
 
 
 def _iter_jsonl(path: Path, opts: SourceOptions) -> Iterator[str]:
-    """One JSON object per line; the document is `text_field`. Blank lines are ignored."""
-    raw = _read_bytes(path)
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+    """One JSON object per line, streamed; the document is `text_field`. Blank lines are ignored."""
+    for lineno, line in _lines(path):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -141,9 +176,18 @@ def _iter_parquet(path: Path, opts: SourceOptions) -> Iterator[str]:
     if opts.text_field not in pf.schema_arrow.names:
         raise DataPrepError(f"{path}: missing text column {opts.text_field!r} "
                             f"(columns: {', '.join(pf.schema_arrow.names)})")
-    for batch in pf.iter_batches(columns=[opts.text_field], batch_size=4096):
-        for value in batch.column(0).to_pylist():
-            yield value or ""
+    import pyarrow as pa
+
+    kind = pf.schema_arrow.field(opts.text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataPrepError(f"{path}: text column {opts.text_field!r} holds {kind}, not strings "
+                            "(set --text-field)")
+    try:
+        for batch in pf.iter_batches(columns=[opts.text_field], batch_size=1024):
+            for value in batch.column(0).to_pylist():
+                yield value or ""
+    except (OSError, pa.ArrowException) as exc:
+        raise DataPrepError(f"{path}: cannot read ({exc})") from exc
 
 
 def _iter_hf(spec: str, opts: SourceOptions) -> Iterator[str]:
@@ -175,3 +219,18 @@ def _iter_rows(ds, where: str, opts: SourceOptions) -> Iterator[str]:
     """Rows of a `datasets` dataset; row numbers make a missing field easy to locate."""
     for i, row in enumerate(ds):
         yield _field(row, opts.text_field, f"{where} row {i}")
+
+
+def segments(text: str, size: int = SEGMENT_CHARS) -> list[str]:
+    """Cut a long text into pieces of at most `size` characters, each cut just before a space or
+    newline where there is one: byte-level BPE splits words there anyway, so the tokens are the
+    same as for the whole text."""
+    parts, start = [], 0
+    while len(text) - start > size:
+        end = start + size
+        cut = max(text.rfind(" ", start + size // 2, end), text.rfind("\n", start + size // 2, end))
+        cut = cut if cut > start else end
+        parts.append(text[start:cut])
+        start = cut
+    parts.append(text[start:])
+    return parts

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 from data_prep import SPECIAL_TOKENS, DataPrepError
 
@@ -26,7 +27,8 @@ def check_vocab_size(vocab_size: int) -> None:
             f"{len(SPECIAL_TOKENS) + 256} (special tokens + byte alphabet)")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | os.PathLike) -> "object":
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | os.PathLike,
+                    after_training: Optional[Callable[[], None]] = None) -> "object":
     """Train byte-level BPE and save it so `AutoTokenizer.from_pretrained(out)` works.
 
     The raw BPE vocabulary can come out short on small corpora; it is padded with unused
@@ -43,6 +45,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | os.PathLik
         vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
+    if after_training is not None:  # e.g. refuse empty input before anything is written
+        after_training()
     _pad_vocab(tok, vocab_size)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
@@ -57,7 +61,13 @@ def save_tokenizer(tok, out: str | os.PathLike) -> None:
     """`save_pretrained`, readable by transformers 4 and 5 alike: 5 names the class
     `TokenizersBackend`, which 4 cannot import; both load `PreTrainedTokenizerFast` folders."""
     Path(out).mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(str(out))
+    try:
+        tok.save_pretrained(str(out))
+    except Exception as exc:  # the Rust tokenizers library reports I/O errors as bare Exceptions
+        code = re.search(r"os error (\d+)", str(exc))
+        if isinstance(exc, OSError) or not code:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(out)) from exc
     path = Path(out) / "tokenizer_config.json"
     conf = json.loads(path.read_text()) if path.is_file() else {}
     if conf.get("tokenizer_class") == "TokenizersBackend":
@@ -117,8 +127,36 @@ def _all_special_ids(tok) -> set[int]:
     return {int(i) for i in ids if i is not None}
 
 
-def iter_texts_for_training(docs: Iterator[str]) -> Iterator[str]:
-    """Hand tokenizer training non-empty documents only."""
+def iter_texts_for_training(docs: Iterator[str], counter: Optional[list] = None) -> Iterator[str]:
+    """Hand tokenizer training non-empty documents only, long ones in segments cut at whitespace
+    (BPE training counts words, so the cuts change nothing but the memory the trainer needs).
+    `counter[0]` counts the documents handed over."""
+    from data_prep.sources import segments
+
     for text in docs:
         if text.strip():
-            yield text
+            if counter is not None:
+                counter[0] += 1
+            yield from segments(text)
+
+
+def build_tokenizer(sources: list[str], source_opts, vocab_size: int, out: str,
+                    overwrite: bool = False):
+    """`python -m data_prep tokenizer`: refuse an unsafe or occupied output and empty input;
+    the tokenizer is trained first and written only when there was text to train on."""
+    from data_prep.outputs import check_output, disk_error
+    from data_prep.sources import iter_documents
+
+    check_vocab_size(vocab_size)
+    check_output(out, sources, overwrite)
+    counter = [0]
+    texts = iter_texts_for_training(iter_documents(sources, source_opts), counter)
+    try:
+        return train_tokenizer(texts, vocab_size, out, lambda: _require_text(counter, sources))
+    except OSError as exc:
+        raise disk_error(exc, out) from exc
+
+
+def _require_text(counter: list, sources: list[str]) -> None:
+    if not counter[0]:
+        raise DataPrepError(f"{', '.join(sources)}: no non-empty documents to train a tokenizer on")

@@ -73,7 +73,7 @@ def test_data_dir_becomes_the_stream():
     ("scheduler.t_warmup=3B", "t_warmup"),
     ("max_duration=10steps", "max_duration"),
     ("model.attention.num_heads=5", "model.attention.num_heads"),
-    ("batch.global_train_batch_size=4", "batch_warmup_min_rows"),
+    ("batch.global_train_batch_size=4", "batch.warmup_start"),
 ])
 def test_bad_config_fails_naming_the_key(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -204,9 +204,12 @@ def build_trainer(recipe: Recipe) -> Trainer:
     jsonl = next((d for d in loggers if isinstance(d, MetricsJSONL)), None)
     stop_on_nan = StopOnNonFiniteLoss(jsonl.flush if jsonl else None)  # first: before any save
     train_spec = train_data.train_dataspec(recipe)
+    from flexbert.train.preflight import evaluates
+
     evaluator = Evaluator(label="eval", dataloader=train_data.eval_dataspec(recipe),
                           metric_names=list(model.eval_metrics),
-                          device_eval_microbatch_size=eval_microbatch(recipe))
+                          device_eval_microbatch_size=eval_microbatch(recipe)) \
+        if evaluates(recipe) else None
     return Trainer(
         model=model, run_name=cfg.run_name, seed=cfg.seed, device=device,
         train_dataloader=train_spec, eval_dataloader=evaluator, max_duration=cfg.max_duration,

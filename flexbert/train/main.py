@@ -54,6 +54,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         recipe = load_recipe(args.config, args.overrides)
+        from flexbert.train.preflight import check_data
+
+        check_data(recipe)  # data prepared, tokenizer vs model: before the model is built
+        from flexbert.train.stale_memory import clean_stale_streaming_memory
+
+        clean_stale_streaming_memory()  # what SIGKILLed runs left in /dev/shm
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
