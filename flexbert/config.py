@@ -231,8 +231,8 @@ def validate_model_config(cfg: ModelConfig, source: str = "<config>", prefix: st
         fail("attention.kernel", f"{attn.kernel!r} cannot serve the {cfg.padding!r} layout; "
              f"kernels for {layout}: {', '.join(layers.kernels_for(layout))}")
     if attn.dropout > 0 and not kernel.supports_dropout:
-        fail("attention.dropout", f"kernel {attn.kernel!r} cannot drop attention probabilities; "
-             "set 0 (attention.out_dropout works with every kernel)")
+        fail("attention.dropout", f"kernel {attn.kernel!r} has no attention dropout (of the "
+             "probabilities); set 0 (attention.out_dropout works with every kernel)")
     for key in ("bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id",
                 "mask_token_id", "pad_token_id"):
         value = getattr(cfg, key)

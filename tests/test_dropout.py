@@ -65,8 +65,8 @@ def test_kernels_refuse_probability_dropout_they_cannot_do_and_accept_output_dro
     if spec.supports_dropout:
         assert tiny_config(**base, **{"attention.dropout": 0.1}).attention.dropout == 0.1
     else:
-        with pytest.raises(ConfigError, match=r"model\.attention\.dropout: kernel .* cannot drop "
-                                              r"attention probabilities.*out_dropout"):
+        with pytest.raises(ConfigError, match=r"model\.attention\.dropout: kernel .* has no "
+                                              r"attention dropout .*out_dropout"):
             tiny_config(**base, **{"attention.dropout": 0.1})
 
 
