@@ -32,8 +32,12 @@ PREFIXES = (("model.bert.encoder.layers.", "model.model.layers."),
 OPTIMIZERS = {"StableAdamW": "stable_adamw", "DecoupledAdamW": "decoupled_adamw"}
 # Group keys that describe how the optimizer runs here, not the training state: FlexBERT's own.
 LOCAL_GROUP_KEYS = {"params", "foreach", "triton", "fused", "capturable", "differentiable"}
-TIMESTAMP_COUNTERS = ("iteration", "epoch", "batch", "sample", "token", "epoch_in_iteration",
-                      "token_in_iteration", "batch_in_epoch", "sample_in_epoch", "token_in_epoch")
+# Counters carried: they drive the schedule, batch-size warmup and max_duration.
+TIMESTAMP_COUNTERS = ("iteration", "batch", "sample", "token", "token_in_iteration")
+# Counters of their data loader's epoch: zero, so FlexBERT's loader starts its own data from the
+# beginning instead of Composer replaying (and discarding) that many batches of it.
+EPOCH_COUNTERS = ("epoch", "epoch_in_iteration", "batch_in_epoch", "sample_in_epoch",
+                  "token_in_epoch")
 
 
 def flexbert_name(name: str) -> Optional[str]:
@@ -154,11 +158,12 @@ def _template_groups(cfg: ModelConfig, optimizer: str, their_groups: list[dict])
 
 
 def map_timestamp(state: dict) -> dict:
-    """The training clock's counters (wall-clock durations are not carried: they would need
-    timedelta objects, and only the counters drive schedules and data)."""
+    """The training clock (wall-clock durations are not carried: they would need timedelta
+    objects, and only the counters drive anything)."""
     ts = state.get("timestamp") or {}
     ts = ts.get("Timestamp", ts)
-    return {"Timestamp": {k: int(ts[k]) for k in TIMESTAMP_COUNTERS if k in ts}}
+    counters = {k: int(ts[k]) for k in TIMESTAMP_COUNTERS if k in ts}
+    return {"Timestamp": {**counters, **{k: 0 for k in EPOCH_COUNTERS}}}
 
 
 def _plain(value: Any) -> bool:
@@ -193,6 +198,9 @@ def import_checkpoint(src: str, out: str, their_cfg: Optional[dict] = None, *,
     if their_cfg is None:
         raise ConfigError(f"{src}: carries no model config (no Hugging Face metadata); pass the "
                           "YAML it was trained with: --yaml")
+    if token_ids is None and mc.needs_tokenizer(their_cfg):
+        raise ConfigError(f"{src}: vocab_size {their_cfg.get('vocab_size')} cannot hold "
+                          "ModernBERT's special-token ids; pass the tokenizer: --tokenizer DIR")
     unmapped = mc.Unmapped()
     cfg = mc.build(mc.model_tree(their_cfg, src, unmapped, token_ids, report_unknown=False), src)
     weights = {k: v for k, v in state["model"].items() if isinstance(v, torch.Tensor)}
@@ -208,8 +216,8 @@ def import_checkpoint(src: str, out: str, their_cfg: Optional[dict] = None, *,
     for key in ("rank_zero_seed", "run_name"):
         if isinstance(state.get(key), (int, str)):
             new_state[key] = state[key]
-    unmapped.add("dataset_state", "their data loader's position; FlexBERT's loader replays "
-                 "its own data up to the carried batch count")
+    unmapped.add("dataset_state", "their data loader's position: FlexBERT's loader starts its "
+                 "data from the beginning (the step, sample and token counters carry on)")
     out_ckpt = {"state": new_state}
     if _plain(ckpt.get("rng")) and ckpt.get("rng") is not None:
         out_ckpt["rng"] = ckpt["rng"]

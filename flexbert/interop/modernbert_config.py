@@ -132,7 +132,7 @@ def model_tree(their: dict, source: str, unmapped: Unmapped,
     defaults). `token_ids` (from the tokenizer) win over the config's, which bert-base-uncased
     fills with its own ids."""
     cfg = {**THEIR_DEFAULTS, **{k: v for k, v in their.items() if v is not None or k in FIXED}}
-    absolute = cfg["attention_layer"] != "rope"  # a learned table keeps its size
+    absolute = cfg["attention_layer"] not in ("rope", "rope_parallel")  # a learned table keeps its size
     tree: dict = {"max_position_embeddings": cfg["max_position_embeddings"] if absolute
                   else max_position_embeddings}
     for key, target in RENAMED.items():
@@ -159,9 +159,9 @@ def model_tree(their: dict, source: str, unmapped: Unmapped,
 
 def _position(cfg: dict, source: str) -> str:
     """Their rotary attention, or their learned position table in the embeddings."""
-    if cfg["attention_layer"] == "rope":
+    if cfg["attention_layer"] in ("rope", "rope_parallel"):
         return "rope"
-    if cfg["attention_layer"] == "base" and cfg["embedding_layer"] == "absolute_pos":
+    if cfg["attention_layer"] in ("base", "parallel") and cfg["embedding_layer"] == "absolute_pos":
         return "absolute"
     _fail(source, "attention_layer", cfg["attention_layer"], "FlexBERT supports rope, or base "
           "attention with embedding_layer absolute_pos")

@@ -95,6 +95,8 @@ WHY_NOT = {
     "callbacks.dataloader_speed": "no FlexBERT callback (throughput is logged)",
     "callbacks.runtime_estimator": "no FlexBERT callback",
     "callbacks.packing_efficiency.log_interval": "FlexBERT logs packing efficiency every batch",
+    "init_from_checkpoint": "their tiling of a smaller model's weights; start from weights with "
+                            "model.init_from",
     "scheduler.t_max": "FlexBERT's schedules end at max_duration",
 }
 # Variables their YAML interpolates into other values (load_path's {name} placeholders).
@@ -153,9 +155,8 @@ def read(path: str, token_ids: Optional[dict] = None, tokenizer: Optional[str] =
                           max_position_embeddings=max(8192, seq))
     # Built now so a bad value fails here, naming the key; written whole, in FlexBERT's order.
     out.recipe["model"] = OmegaConf.to_container(OmegaConf.structured(mc.build(model, path)))
-    workers = out.recipe.get("data", {}).get("num_workers")
-    if workers:  # FlexBERT packs in partitions that the workers share evenly
-        _put(out.recipe, "data.pack_parts", int(workers))
+    # Their packer is one stream per worker; FlexBERT's partitions are shared evenly by workers.
+    _put(out.recipe, "data.pack_parts", max(1, int(out.recipe.get("data", {}).get("num_workers", 0))))
     if out.their_model.get("compile_model") is not None:
         _put(out.recipe, "trainer.compile", bool(out.their_model["compile_model"]))
     if "loggers.wandb.project" in flat or "loggers.wandb.entity" in flat:
@@ -197,8 +198,8 @@ def _one(out: Converted, key: str, value: Any, flat: dict) -> None:
         return  # handled by the dedicated steps below
     if key == "data_remote" and not value:
         return
-    if key in WHY_NOT:
-        out.unmapped.add(key, WHY_NOT[key])
+    if key in WHY_NOT or key.split(".")[0] in WHY_NOT:
+        out.unmapped.add(key, WHY_NOT.get(key) or WHY_NOT[key.split(".")[0]])
     elif key.startswith("algorithms."):
         out.unmapped.add(key, "no FlexBERT algorithm of that name (gradient_clipping maps)")
     elif key.startswith("callbacks."):
