@@ -366,6 +366,13 @@ def test_bad_inputs_fail_in_one_line(tmp_path, capsys):
     assert cli(["import-modernbert", "--checkpoint", str(missing), "--out",
                 str(tmp_path / "o.pt")]) == 2
     assert f"{missing}: no such checkpoint file" in capsys.readouterr().err
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"state": {"model": {"w": torch.zeros(1000)}}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    assert cli(["import-modernbert", "--checkpoint", str(truncated), "--out",
+                str(tmp_path / "o.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{truncated}: not a readable torch checkpoint" in err[0]
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  name: flex_bert\n  model_config:\n    embedding_layer: sans_pos\n"
                    "    attention_layer: alibi\n    vocab_size: 50368\n")

@@ -183,7 +183,9 @@ def phase_info(cfg: ModelConfig, state: dict, step: dict, source: str,
     return {"version": 1, "model_config": to_yaml(cfg), "phase": run_name, "run_name": run_name,
             "max_seq_len": max_seq_len, "tokenizer": tokenizer,
             "step": step.get("batch", 0), "tokens": step.get("token", 0),
-            "history": [{"imported_from": os.path.basename(source)}]}
+            # rendered by model cards as "initialised from ..."
+            "history": [{"init_from": f"{os.path.basename(source)} (ModernBERT research repo, "
+                                      f"imported at step {step.get('batch', 0)})"}]}
 
 
 def import_checkpoint(src: str, out: str, their_cfg: Optional[dict] = None, *,

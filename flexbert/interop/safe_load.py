@@ -52,6 +52,9 @@ def load(path: str, trust: bool = False, opt_in: str = "--trust-checkpoint") -> 
             raise UnsafeCheckpoint(f"{path}: needs classes outside the safe allowlist "
                                    f"({_needed(path, err)}); {opt_in} loads it with those classes "
                                    "replaced by inert stubs (none of their code runs)") from None
+    except (RuntimeError, EOFError, OSError) as err:  # truncated or not a torch file at all
+        raise ValueError(f"{path}: not a readable torch checkpoint "
+                         f"({str(err).strip().splitlines()[0][:160]})") from None
     return torch.load(path, map_location="cpu", weights_only=False, pickle_module=stub_pickle())
 
 
