@@ -10,13 +10,11 @@ transformers name each one is, never from the importer's own mapping.
 from __future__ import annotations
 
 import datetime
-import pickle
 import re
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml

@@ -49,6 +49,9 @@ def flexbert_name(name: str) -> Optional[str]:
 
 def read_their_checkpoint(path: str, trust: bool) -> dict:
     """Their checkpoint's `state` (and `rng`), loaded without running their code."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: a folder; the import takes one monolithic .pt file (what their "
+                         "DDP runs write), not a sharded checkpoint")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     ckpt = safe_load.load(path, trust)
@@ -267,18 +270,18 @@ def _args(parser: argparse.ArgumentParser) -> None:
 def import_modernbert(args: argparse.Namespace) -> int:
     from flexbert.interop import modernbert_yaml
 
-    if not (args.checkpoint and args.out) and not (args.yaml and args.recipe):
+    if not args.checkpoint and not args.yaml:
         raise ValueError("give --checkpoint with --out, and/or --yaml with --recipe")
-    for given, flag in ((args.checkpoint, "--out"), (args.yaml, "--recipe")):
-        target = args.out if flag == "--out" else args.recipe
-        if given and not target:
-            raise ValueError(f"{given}: needs {flag} (where to write)")
-        if target and os.path.exists(target) and not args.overwrite:
+    for source, target, flag in ((args.checkpoint, args.out, "--out"),
+                                 (args.yaml, args.recipe, "--recipe")):
+        if source and not target:
+            raise ValueError(f"{source}: needs {flag} (where to write)")
+        if source and os.path.exists(target) and not args.overwrite:
             raise ValueError(f"{target}: exists; pass --overwrite to replace it")
     token_ids = mc.tokenizer_ids(args.tokenizer) if args.tokenizer else None
     converted = modernbert_yaml.read(args.yaml, token_ids, args.tokenizer) if args.yaml else None
     if args.checkpoint:
-        cfg, unmapped = import_checkpoint(
+        _, unmapped = import_checkpoint(
             args.checkpoint, args.out, converted.their_model if converted else None,
             trust=args.trust_checkpoint, optimizer=not args.no_optimizer, token_ids=token_ids,
             max_seq_len=converted.max_seq_len if converted else None, tokenizer=args.tokenizer)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import yaml
@@ -115,7 +115,6 @@ class Converted:
     their_model: dict
     max_seq_len: Optional[int]
     their_load_path: Optional[str] = None
-    consumed: set = field(default_factory=set)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
