@@ -27,7 +27,11 @@ class AttentionConfig:
     local_window: int = 128
     qkv_bias: bool = False
     out_bias: bool = False
+    # `dropout` drops attention probabilities (inside the kernel; kernels without dropout refuse
+    # it); `out_dropout` drops the output projection's result (any kernel). ModernBERT pretrained
+    # with 0 and 0.1 (its attention_probs_dropout_prob and attn_out_dropout_prob).
     dropout: float = 0.0
+    out_dropout: float = 0.0
 
 
 @dataclass
@@ -204,7 +208,7 @@ def validate_model_config(cfg: ModelConfig, source: str = "<config>", prefix: st
                 "attention.num_heads", "mlp.intermediate_size", "attention.global_every_n_layers",
                 "norm.eps", "init.std"):
         positive(key, OmegaConf.select(OmegaConf.structured(cfg), key))
-    for key in ("attention.dropout", "mlp.dropout", "embeddings.dropout", "classifier.dropout"):
+    for key in ("attention.dropout", "attention.out_dropout", "mlp.dropout", "embeddings.dropout", "classifier.dropout"):
         probability(key, OmegaConf.select(OmegaConf.structured(cfg), key))
 
     for key, registry in _registry_keys(layers).items():
@@ -227,7 +231,8 @@ def validate_model_config(cfg: ModelConfig, source: str = "<config>", prefix: st
         fail("attention.kernel", f"{attn.kernel!r} cannot serve the {cfg.padding!r} layout; "
              f"kernels for {layout}: {', '.join(layers.kernels_for(layout))}")
     if attn.dropout > 0 and not kernel.supports_dropout:
-        fail("attention.dropout", f"kernel {attn.kernel!r} has no attention dropout; set 0")
+        fail("attention.dropout", f"kernel {attn.kernel!r} has no attention dropout (of the "
+             "probabilities); set 0 (attention.out_dropout works with every kernel)")
     for key in ("bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id",
                 "mask_token_id", "pad_token_id"):
         value = getattr(cfg, key)

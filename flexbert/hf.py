@@ -77,7 +77,13 @@ def check_expressible(cfg: ModelConfig) -> None:
 
 
 def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
-    """The ModernBertConfig keyword arguments that describe `cfg`."""
+    """The ModernBertConfig keyword arguments that describe `cfg`.
+
+    ModernBertConfig has one `attention_dropout` for probabilities and output; it gets
+    `attention.dropout` (probabilities), as the research repo's own converter does, and
+    `attention.out_dropout` is not carried (dropout changes training only, never the weights or
+    the logits of a published model).
+    """
     check_expressible(cfg)
     a = cfg.attention
     all_global = a.local_window == 0 or a.global_every_n_layers == 1
@@ -133,7 +139,8 @@ def flex_config_from_hf(hf_config: Any, **overrides: Any) -> ModelConfig:
         attention=dict(num_heads=c.num_attention_heads, global_every_n_layers=every,
                        local_window=0 if every == 1 else c.local_attention,
                        qkv_bias=c.attention_bias, out_bias=c.attention_bias,
-                       dropout=c.attention_dropout),
+                       # transformers drops both probabilities and output with this one value
+                       dropout=c.attention_dropout, out_dropout=c.attention_dropout),
         position=dict(type="rope", **_rope_thetas(c)),
         mlp=dict(type="glu", intermediate_size=c.intermediate_size, bias=c.mlp_bias,
                  activation=_flex_activation(c.hidden_activation, "hidden_activation"),

@@ -32,7 +32,7 @@ class Attention(nn.Module):
         self.kernel = KERNELS.get(a.kernel, "model.attention.kernel")
         self.Wqkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=a.qkv_bias)
         self.Wo = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=a.out_bias)
-        self.out_drop = nn.Dropout(a.dropout)
+        self.out_drop = nn.Dropout(a.out_dropout)
 
     def forward(self, x: torch.Tensor, layout: Layout, position: nn.Module,
                 position_cache) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Bridges from other training code bases (the ModernBERT research repository) into FlexBERT."""
