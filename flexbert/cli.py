@@ -76,7 +76,8 @@ def _load_plugins() -> None:
     """Import modules that register further subcommands (training, publishing, sweeps)."""
     import importlib
 
-    for module in ("flexbert.train.commands", "flexbert.sweep", "flexbert.finetune"):
+    for module in ("flexbert.train.commands", "flexbert.sweep", "flexbert.finetune",
+                   "flexbert.evaluation"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:

@@ -137,6 +137,9 @@ def build_callbacks(recipe: Recipe) -> list:
     if cfg.callbacks.packing_efficiency:
         callbacks.append(PackingEfficiency(train_data.packing_efficiency))
     callbacks += publish_callbacks(recipe)
+    from flexbert.evaluation.callback import build_downstream_eval
+
+    callbacks += build_downstream_eval(cfg)
     saver = build_saver(cfg)
     return callbacks + ([saver] if saver else [])
 
