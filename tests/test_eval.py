@@ -112,7 +112,7 @@ def test_downstream_eval_while_training(run):
     rows = {r["step"]: r for r in read_metrics(str(folder / "metrics.jsonl"))}
     for step in (6, 12):
         row = rows[step]
-        assert row["tokens"] == rows[step]["tokens"] and row["loss"] > 0  # merged into the step's row
+        assert row["loss"] > 0  # the downstream row merged into the training row of its step
         for key in ("downstream/banana/accuracy", "downstream/ner/entity_f1",
                     "downstream/banana/accuracy_std"):
             assert key in row, (step, sorted(row))

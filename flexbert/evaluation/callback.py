@@ -51,6 +51,7 @@ class DownstreamEval(Callback):
         self._next: Optional[float] = None
         self._last_step: Optional[int] = None
         self._step = 0                  # the training step results are logged at (not metrics.jsonl)
+        self._waited = False
 
     # --- when ---------------------------------------------------------------------------------
 
@@ -72,11 +73,13 @@ class DownstreamEval(Callback):
             self._snapshot(state)
         if final:  # the last row of metrics.jsonl is written after this event: wait for them here
             self._wait(logger, self.wait_at_end)
+            self._waited = True
         self._poll(logger)
 
     def fit_end(self, state: State, logger: Logger) -> None:
         if dist.get_global_rank() == 0 and self.pending:
-            self._wait(logger, self.wait_at_end)
+            if not self._waited:
+                self._wait(logger, self.wait_at_end)
             for p in self.pending:
                 if p.process is not None and p.process.poll() is None:
                     log.warning("downstream eval of step %d still running after %.0fs; stopped "
