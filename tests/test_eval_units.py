@@ -159,3 +159,20 @@ def test_finetune_help_shows_every_default(capsys):
         cli.main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--tasks" in text and "(default: 17)" in text and "(default: 3.0)" in text
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["callbacks.downstream_eval.tasks=[nothere]"], r"downstream_eval.tasks: .*nothere does not exist"),
+    (["callbacks.downstream_eval.tasks=[sst2]", "callbacks.downstream_eval.options={epoch: 2}"],
+     r"downstream_eval.options: unknown \['epoch'\]"),
+    (["callbacks.downstream_eval.tasks=[sst2]", "callbacks.downstream_eval.every=often"],
+     r"downstream_eval.every: 'often' is not a time string"),
+    ([], r"downstream_eval.tasks: give at least one task"),
+])
+def test_downstream_eval_recipe_errors_name_the_key(overrides, message):
+    from flexbert.config import ConfigError
+    from flexbert.train.config import load_recipe
+
+    tiny = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(tiny, ["callbacks.downstream_eval.enabled=true", *overrides])

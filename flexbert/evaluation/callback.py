@@ -107,10 +107,8 @@ class DownstreamEval(Callback):
             return
         finally:
             model.train(was_training)
-        from flexbert.evaluation.sources import read_position
-
-        tokens = read_position(folder / "model").get("tokens") or int(state.timestamp.token)
-        self.pending.append(Pending(step, int(tokens), folder, time.time()))
+        # metrics.jsonl counts this phase's tokens (results.jsonl has all phases')
+        self.pending.append(Pending(step, int(state.timestamp.token), folder, time.time()))
         self._launch_queued()
 
     def _launch_queued(self) -> None:
@@ -203,16 +201,16 @@ def _append_row(logger: Logger, row: dict) -> None:
                 f.write(json.dumps(row) + "\n")
 
 
-def build_downstream_eval(cfg: Any) -> list:
-    """The callback for a recipe whose callbacks.downstream_eval is enabled (rank 0 runs it)."""
+def check_downstream_config(cfg: Any, source: str) -> None:
+    """Recipe-load-time checks of callbacks.downstream_eval (ConfigError naming the key)."""
     from flexbert.config import ConfigError
     from flexbert.evaluation.cli import RUN_OPTIONS
-    from flexbert.train.builder import local_save_folder
+    from flexbert.evaluation.tasks import parse_tasks
 
     d = cfg.callbacks.downstream_eval
     if not d.enabled:
-        return []
-    where = "callbacks.downstream_eval"
+        return
+    where = f"{source}: callbacks.downstream_eval"
     if not cfg.save_folder:
         raise ConfigError(f"{where}.enabled: needs save_folder (snapshots and results go under it)")
     if not d.tasks:
@@ -220,6 +218,28 @@ def build_downstream_eval(cfg: Any) -> list:
     unknown = sorted(set(d.options) - set(RUN_OPTIONS))
     if unknown:
         raise ConfigError(f"{where}.options: unknown {unknown}; allowed: {', '.join(RUN_OPTIONS)}")
+    if d.every:
+        try:
+            Time.from_timestring(str(d.every))
+        except ValueError:
+            raise ConfigError(f"{where}.every: {d.every!r} is not a time string such as "
+                              "'1000000tok' or '100ba'") from None
+    if d.device not in ("cpu", "gpu"):
+        raise ConfigError(f"{where}.device: {d.device!r}; allowed: cpu, gpu")
+    try:
+        parse_tasks(d.tasks)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"{where}.tasks: {err}") from None
+
+
+def build_downstream_eval(cfg: Any) -> list:
+    """The callback for a recipe whose callbacks.downstream_eval is enabled (checked at load by
+    check_downstream_config; rank 0 runs it)."""
+    from flexbert.train.builder import local_save_folder
+
+    d = cfg.callbacks.downstream_eval
+    if not d.enabled:
+        return []
     every = d.every or (cfg.save_interval if d.at_checkpoint else None)
     folder = d.folder if os.path.isabs(d.folder) else os.path.join(local_save_folder(cfg.save_folder), d.folder)
     return [DownstreamEval(folder, d.tasks, d.seeds, every, d.at_end, d.options, d.device,

@@ -97,6 +97,9 @@ def sentence_model(folder: str, pooling: str, max_len: int, device: str):
     SentenceTransformer, models, _, _ = _st()
     hidden = json.loads((Path(folder) / "config.json").read_text())["hidden_size"]
     encoder = models.Transformer(folder, max_seq_length=max_len)
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if tokenizer is not None:  # folders saved before their tokenizer config said so
+        tokenizer.model_input_names = ["input_ids", "attention_mask"]
     return SentenceTransformer(modules=[encoder, models.Pooling(hidden, pooling)], device=device)
 
 

@@ -261,5 +261,8 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
                  "'1000000tok' or '100ba'")
     if publish.enabled and not cfg.save_folder:
         fail("callbacks.publish.enabled", "needs save_folder (published folders go under it)")
+    from flexbert.evaluation.callback import check_downstream_config
+
+    check_downstream_config(cfg, source)
     if cfg.loggers.wandb.mode not in ("online", "offline", "disabled"):
         fail("loggers.wandb.mode", f"{cfg.loggers.wandb.mode!r}; allowed: online, offline, disabled")
