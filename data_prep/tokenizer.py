@@ -57,6 +57,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | os.PathLik
     return fast
 
 
+MODEL_INPUTS = ["input_ids", "attention_mask"]
+
+
 def save_tokenizer(tok, out: str | os.PathLike) -> None:
     """`save_pretrained`, readable by transformers 4 and 5 alike: 5 names the class
     `TokenizersBackend`, which 4 cannot import; both load `PreTrainedTokenizerFast` folders."""
@@ -70,9 +73,14 @@ def save_tokenizer(tok, out: str | os.PathLike) -> None:
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(out)) from exc
     path = Path(out) / "tokenizer_config.json"
     conf = json.loads(path.read_text()) if path.is_file() else {}
+    before = dict(conf)
     if conf.get("tokenizer_class") == "TokenizersBackend":
         conf["tokenizer_class"] = "PreTrainedTokenizerFast"
         conf.pop("backend", None)
+    # ModernBERT takes no token_type_ids: `model(**tokenizer(text))` (and sentence-transformers)
+    # would pass them and fail.
+    conf["model_input_names"] = MODEL_INPUTS
+    if conf != before:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(conf, indent=2, ensure_ascii=False) + "\n")
         os.replace(tmp, path)

@@ -77,7 +77,7 @@ def _load_plugins() -> None:
     import importlib
 
     for module in ("flexbert.train.commands", "flexbert.sweep", "flexbert.finetune",
-                   "flexbert.train.plan", "flexbert.interop.modernbert"):
+                   "flexbert.train.plan", "flexbert.interop.modernbert", "flexbert.evaluation"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:

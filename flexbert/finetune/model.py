@@ -49,3 +49,22 @@ class ComposerFlexBertClassifier(FlexBertComposerModel):
             metric.update(logits.squeeze(-1), batch["labels"].float())
         else:
             metric.update(logits.argmax(-1), batch["labels"].long())
+
+
+def classification_model(cfg: Any, num_labels: int, problem_type: str) -> torch.nn.Module:
+    """FlexBertForSequenceClassification with the encoder from cfg.model and a fresh classifier
+    seeded by cfg.seed."""
+    from flexbert.config import model_config
+    from flexbert.finetune.loading import model_with_encoder
+    from flexbert.model import FlexBertForSequenceClassification
+
+    def build(tree: Any) -> torch.nn.Module:
+        tree.classifier.num_labels = num_labels
+        tree.classifier.problem_type = problem_type
+        if cfg.pooling is not None:
+            tree.classifier.pooling = cfg.pooling
+        if cfg.dropout is not None:
+            tree.classifier.dropout = cfg.dropout
+        return FlexBertForSequenceClassification(model_config(tree, source=str(cfg.model)))
+
+    return model_with_encoder(cfg.model, cfg.model_config, cfg.seed, build)

@@ -140,8 +140,11 @@ def build_callbacks(recipe: Recipe) -> list:
         callbacks.append(GradNorm())
     if cfg.callbacks.packing_efficiency:
         callbacks.append(PackingEfficiency(train_data.packing_efficiency))
+    from flexbert.evaluation.callback import build_downstream_eval
+
     saver = build_saver(cfg)  # before Publish: a step's checkpoint is on disk before its upload
-    return callbacks + ([saver] if saver else []) + publish_callbacks(recipe)
+    return (callbacks + ([saver] if saver else []) + publish_callbacks(recipe)
+            + build_downstream_eval(cfg))
 
 
 def publish_callbacks(recipe: Recipe) -> list:

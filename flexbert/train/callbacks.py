@@ -153,11 +153,12 @@ class MetricsJSONL(LoggerDestination):
 
 
 def read_metrics(path: str) -> list[dict]:
-    """The rows of a metrics.jsonl, keeping the last line written for each step."""
+    """The rows of a metrics.jsonl, one per step: later lines for a step update the earlier ones
+    (a redone step, or downstream results written when their evaluation finished)."""
     rows: dict[int, dict] = {}
     with open(path) as f:
         for line in f:
             if line.strip():
                 row = json.loads(line)
-                rows[row["step"]] = row
+                rows[row["step"]] = {**rows.get(row["step"], {}), **row}
     return [rows[k] for k in sorted(rows)]

@@ -112,6 +112,24 @@ class PublishConfig:
 
 
 @dataclass
+class DownstreamEvalConfig:
+    """Fine-tune and evaluate snapshots of the training weights in a separate process while
+    training goes on; see flexbert/evaluation/callback.py and docs/evaluation.md."""
+
+    enabled: bool = False
+    tasks: list[str] = field(default_factory=list)   # `flexbert eval --tasks` entries
+    seeds: list[int] = field(default_factory=lambda: [17])
+    every: Optional[str] = None             # time string ("1000000tok", "500ba"); None: see below
+    at_checkpoint: bool = False             # every save_interval (when `every` is not set)
+    at_end: bool = True                     # the phase's final weights
+    options: dict[str, Any] = field(default_factory=dict)  # flexbert finetune keys: epochs, lr, ...
+    device: str = "cpu"                     # where evaluations run; cpu leaves the GPU to training
+    folder: str = "downstream"              # under save_folder: step<N>/{model,results.jsonl,...}
+    wait_at_end: float = 600.0              # seconds the end of training waits for evaluations
+    max_parallel: int = 1                   # evaluations running at once; later ones queue
+
+
+@dataclass
 class CallbacksConfig:
     throughput_window: int = 20
     lr_monitor: bool = True
@@ -119,6 +137,7 @@ class CallbacksConfig:
     packing_efficiency: bool = True
     metrics_jsonl: str = "metrics.jsonl"    # under save_folder ("" disables)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    downstream_eval: DownstreamEvalConfig = field(default_factory=DownstreamEvalConfig)
 
 
 @dataclass
@@ -277,6 +296,9 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
     if publish.enabled and not cfg.save_folder:
         fail("callbacks.publish.enabled", "needs save_folder (published folders go under it)")
     _validate_trainer(cfg, fail)
+    from flexbert.evaluation.callback import check_downstream_config
+
+    check_downstream_config(cfg, source)
     if cfg.loggers.wandb.mode not in ("online", "offline", "disabled"):
         fail("loggers.wandb.mode", f"{cfg.loggers.wandb.mode!r}; allowed: online, offline, disabled")
 
