@@ -44,7 +44,6 @@ def export_hf(recipe, trainer) -> Optional[Path]:
     wrapped = trainer.state.model  # DistributedDataParallel around the ComposerModel under DDP
     save_hf(getattr(wrapped, "module", wrapped).model, out, tokenizer)
     log.info("wrote Hugging Face model folder %s", out)
-    print(f"Hugging Face model folder: {out}", flush=True)
     return out
 
 
@@ -59,7 +58,9 @@ def _tokenizer(path: str):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # Our own messages at INFO; the libraries' (Composer's seed and setup chatter) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("flexbert").setLevel(logging.INFO)
     from flexbert.train.config import load_recipe
 
     try:
@@ -71,6 +72,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     trainer = build_trainer(recipe)
     trainer.fit()
-    export_hf(recipe, trainer)
+    hf_folder = export_hf(recipe, trainer)
+    from flexbert.train.summary import finish
+
+    finish(recipe, trainer, hf_folder)
     trainer.close()
     return 0
