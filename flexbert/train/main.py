@@ -15,9 +15,13 @@ log = logging.getLogger("flexbert.train")
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    from flexbert.train.recipe_help import keys_help
+
     parser = argparse.ArgumentParser(
         prog="train.py", description="Pretrain a FlexBERT encoder with Composer.",
-        epilog="Overrides use dotted keys: max_duration=200ba optimizer.lr=1e-3 model.num_layers=2")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Overrides use dotted keys: max_duration=200ba optimizer.lr=1e-3 "
+               "model.num_layers=2\n\n" + keys_help())
     parser.add_argument("config", help="recipe YAML, e.g. configs/tiny.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value")
     return parser.parse_args(argv)
