@@ -336,6 +336,28 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def add_output_args(parser: Any, quick_help: str) -> None:
+    """--quick (a smoke run of seconds) and --save: results and the doc's tables are written only
+    when asked, so a smoke or exploratory run never replaces the committed figures."""
+    parser.add_argument("--quick", action="store_true", help=quick_help + "; never saved")
+    parser.add_argument("--save", action="store_true",
+                        help="write bench/results/NAME.{json,md} and refresh docs/performance.md")
+
+
+def save_results(args: Any, name: str, payload: dict[str, Any], markdown: str,
+                 doc_section: Optional[str] = None) -> bool:
+    """Write the results (and the doc section) when `--save` was given for a full run."""
+    if args.quick or not args.save:
+        why = "a --quick run is never saved" if args.quick else "pass --save to write them"
+        print(f"bench/results/{name}.* left as they are ({why})")
+        return False
+    js, md = write_results(name, payload, markdown)
+    if doc_section:
+        update_doc(doc_section, markdown)
+    print(f"wrote {js} and {md}")
+    return True
+
+
 def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     js, md = RESULTS / f"{name}.json", RESULTS / f"{name}.md"

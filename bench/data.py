@@ -1,7 +1,8 @@
 """Data benchmark: `data_prep mds` tokens/s per worker and packed+masked loader tokens/s per worker.
 
-Offline and self-contained: the corpus is the stdlib sample text. Writes bench/results/data.json
-and bench/results/data.md. Usage: python bench/data.py [--mb 8] [--seq-len 1024] [--batch 32]
+Offline and self-contained: the corpus is the stdlib sample text. With --save, writes
+bench/results/data.json and bench/results/data.md.
+Usage: python bench/data.py [--quick] [--mb 8] [--seq-len 1024] [--batch 32] [--save]
 """
 
 from __future__ import annotations
@@ -10,13 +11,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-RESULTS = Path(__file__).resolve().parent / "results"
+import common as C  # bench/common.py: puts the repository on sys.path; --quick / --save
 
 
 def _corpus(tmp: Path, mb: float) -> Path:
@@ -79,13 +78,17 @@ def _markdown(res: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--mb", type=float, default=8.0, help="MB of stdlib text to tokenize")
-    ap.add_argument("--seq-len", type=int, default=1024)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--batches", type=int, default=60)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--seq-len", type=int, default=1024, help="packed row length")
+    ap.add_argument("--batch", type=int, default=32, help="rows per loader batch")
+    ap.add_argument("--batches", type=int, default=60, help="loader batches timed")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to try")
+    C.add_output_args(ap, "0.3 MB, rows of 256, 5 batches, one worker")
     a = ap.parse_args()
+    if a.quick:
+        a.mb, a.seq_len, a.batch, a.batches, a.workers = 0.3, 256, 8, 5, [1]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from data_prep.tokenizer import train_tokenizer
     from data_prep.sample import stdlib_documents
@@ -103,10 +106,8 @@ def main() -> None:
         for w in (0, *[w for w in a.workers if w > 1]):
             res["loader"].append(bench_loader(tmp / f"mds{a.workers[0]}", a.seq_len, a.batch, w, a.batches))
             print(res["loader"][-1], flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "data.json").write_text(json.dumps(res, indent=2) + "\n")
-    (RESULTS / "data.md").write_text(_markdown(res))
     print(_markdown(res))
+    C.save_results(a, "data", res, _markdown(res))
 
 
 if __name__ == "__main__":
