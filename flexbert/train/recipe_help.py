@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from typing import Any, Iterator
+from typing import Iterator
 
 SUBTREES = {  # keys typed `Any` in RecipeConfig whose schema lives elsewhere
     "model": ("flexbert.config", "ModelConfig"),

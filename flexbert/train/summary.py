@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from flexbert.train.console import TRAIN_LOSS, Console, duration, human
 
@@ -34,6 +34,13 @@ def curves(console: Console, metrics_file: Optional[Path]) -> tuple[list, list]:
     return console.train_curve, console.eval_curve
 
 
+def moving_average(ys: Sequence[float]) -> list[float]:
+    """Light smoothing for loss curves: the mean over the last ~5 % of the points."""
+    k = max(1, len(ys) // 20)
+    return [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1])
+            for i in range(len(ys))]
+
+
 def plot_losses(train: list, evals: list, out: Path, title: str) -> Optional[Path]:
     """Train loss (raw and a moving average) and eval loss against tokens."""
     if not train and not evals:
@@ -46,11 +53,8 @@ def plot_losses(train: list, evals: list, out: Path, title: str) -> Optional[Pat
     fig, ax = plt.subplots(figsize=(7, 4.2))
     if train:
         xs, ys = zip(*train)
-        k = max(1, len(ys) // 20)  # moving average over ~5 % of the run
-        smooth = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1])
-                  for i in range(len(ys))]
         ax.plot(xs, ys, color="tab:blue", alpha=0.25, linewidth=0.8)
-        ax.plot(xs, smooth, color="tab:blue", label="train (moving average)")
+        ax.plot(xs, moving_average(ys), color="tab:blue", label="train (moving average)")
     if evals:
         xs, ys = zip(*evals)
         ax.plot(xs, ys, color="tab:orange", marker="o", markersize=4, label="eval")
