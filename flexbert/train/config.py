@@ -227,8 +227,9 @@ def _collect_registered_callbacks(raw: DictConfig, source: str) -> None:
                               f"{', '.join(fields)}; registered callbacks: "
                               f"{', '.join(CALLBACKS.names())}")
         with open_dict(callbacks):
-            registered = callbacks.setdefault("registered", {})
-            registered[name] = callbacks.pop(name)
+            if callbacks.get("registered") is None:
+                callbacks.registered = {}
+            callbacks.registered[name] = callbacks.pop(name)
 
 
 def _require_set(merged: DictConfig, source: str) -> None:
