@@ -337,13 +337,37 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def add_output_args(parser) -> None:
-    """--save / --out: a run writes files only when asked, so a smoke run never overwrites the
-    committed results."""
+def add_output_args(parser: Any, quick_help: Optional[str] = None) -> None:
+    """--quick (a smoke run of seconds), --save and --out: results and the doc's tables are written
+    only when asked, so a smoke or exploratory run never replaces the committed figures."""
+    if quick_help:
+        parser.add_argument("--quick", action="store_true", help=quick_help + "; never saved")
     parser.add_argument("--save", action="store_true",
-                        help="write bench/results/NAME.{json,md,png} and refresh docs/performance.md")
+                        help="write bench/results/NAME.{json,md} and refresh docs/performance.md")
     parser.add_argument("--out", default=None,
                         help="write NAME.json and NAME.md into this folder instead (docs untouched)")
+
+
+def save_results(args: Any, name: str, payload: dict[str, Any], markdown: str,
+                 doc_section: Optional[str] = None,
+                 plot_fn: Optional[Callable[[], Any]] = None) -> bool:
+    """Honour --out / --save (see add_output_args); a --quick run never touches bench/results."""
+    if getattr(args, "out", None):
+        js, md = write_results(name, payload, markdown, Path(args.out))
+        print(f"wrote {js} and {md}")
+        return True
+    if getattr(args, "quick", False) or not args.save:
+        why = "a --quick run is never saved" if getattr(args, "quick", False) else \
+            "pass --save to write them, or --out DIR"
+        print(f"bench/results/{name}.* left as they are ({why})")
+        return False
+    js, md = write_results(name, payload, markdown)
+    if plot_fn is not None:
+        plot_fn()
+    if doc_section:
+        update_doc(doc_section, markdown)
+    print(f"wrote {js} and {md}")
+    return True
 
 
 def write_results(name: str, payload: dict[str, Any], markdown: str,
@@ -354,22 +378,6 @@ def write_results(name: str, payload: dict[str, Any], markdown: str,
     js.write_text(json.dumps(payload, indent=2) + "\n")
     md.write_text(markdown.rstrip() + "\n")
     return js, md
-
-
-def save_outputs(args, name: str, payload: dict[str, Any], markdown: str,
-                 plot_fn: Optional[Callable[[], Any]] = None) -> None:
-    """Honour --save / --out (see add_output_args); otherwise write nothing."""
-    if args.out:
-        js, md = write_results(name, payload, markdown, Path(args.out))
-        print(f"wrote {js} and {md}")
-    elif args.save:
-        write_results(name, payload, markdown)
-        if plot_fn is not None:
-            plot_fn()
-        update_doc(name, markdown)
-        print(f"wrote bench/results/{name}.* and docs/performance.md")
-    else:
-        print("nothing written (add --save to update bench/results and docs, or --out DIR)")
 
 
 def update_doc(section: str, markdown: str, path: Path = PERF_DOC) -> None:

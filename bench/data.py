@@ -12,13 +12,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-RESULTS = Path(__file__).resolve().parent / "results"
+import common as C  # bench/common.py: puts the repository on sys.path; --quick / --save
 
 
 def _corpus(tmp: Path, mb: float) -> Path:
@@ -96,24 +94,21 @@ def _markdown(res: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--mb", type=float, default=8.0, help="MB of stdlib text to tokenize")
-    ap.add_argument("--seq-len", type=int, default=1024)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--batches", type=int, default=60)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--quick", action="store_true", help="1 MB, 20 batches, one worker: a smoke run")
-    ap.add_argument("--save", action="store_true", help="write bench/results/data.json and data.md")
+    ap.add_argument("--seq-len", type=int, default=1024, help="packed row length")
+    ap.add_argument("--batch", type=int, default=32, help="rows per loader batch")
+    ap.add_argument("--batches", type=int, default=60, help="loader batches timed")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to try")
+    C.add_output_args(ap, "0.3 MB, rows of 256, 5 batches, one worker")
     a = ap.parse_args()
     if a.quick:
-        a.mb, a.batches, a.workers = 1.0, 20, [1]
+        a.mb, a.seq_len, a.batch, a.batches, a.workers = 0.3, 256, 8, 5, [1]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     res = run(a)
-    if a.save:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "data.json").write_text(json.dumps(res, indent=2) + "\n")
-        (RESULTS / "data.md").write_text(_markdown(res))
     print(_markdown(res))
+    C.save_results(a, "data", res, _markdown(res))
 
 
 def run(a) -> dict:

@@ -1,10 +1,12 @@
 """GPU training throughput: ModernBERT-base, packed rows of 1024 (and 8192), bf16 autocast,
 torch.compile, the fastest FlexBERT kernel available; tokens/s per GPU and MFU vs the device peak.
 
-CUDA only: on a machine without a GPU it says so and writes nothing.
-Usage: python bench/gpu_throughput.py [--kernel flash_attn] [--batch 32] [--steps 20]
-       [--peak-tflops 989] [--no-compile]
-Writes bench/results/gpu_throughput.{json,md} and the GPU table in docs/performance.md.
+CUDA only: on a machine without a GPU it says so and writes nothing (--quick there runs the code
+path on a small CPU config).
+Usage: python bench/gpu_throughput.py [--quick] [--kernel flash_attn] [--batch 32] [--steps 20]
+       [--peak-tflops 989] [--no-compile] [--save]
+With --save, writes bench/results/gpu_throughput.{json,md} and the GPU table in
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -77,17 +79,24 @@ def run_case(model, opt, batches, steps: int, warmup: int, device) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernel", default="", help="FlexBERT attention kernel (default: fastest here)")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--kernel", default="", help="FlexBERT attention kernel ('': fastest here)")
     p.add_argument("--batch", type=int, default=32, help="rows of 1024 per micro-batch")
     p.add_argument("--batch-8192", type=int, default=4, help="rows of 8192 per micro-batch")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=8)
-    p.add_argument("--peak-tflops", type=float, default=0.0)
-    p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)  # tests the code path
+    p.add_argument("--steps", type=int, default=20, help="timed steps per case")
+    p.add_argument("--warmup", type=int, default=8, help="untimed steps first (compilation)")
+    p.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="the device's dense bf16 peak for MFU (0: looked up by device name)")
+    p.add_argument("--no-compile", action="store_true", help="eager instead of torch.compile")
+    p.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)  # = --quick on CPU
+    C.add_output_args(p, "3 timed steps after 1 warm-up; without CUDA, the small CPU config")
     args = p.parse_args()
-    if not torch.cuda.is_available() and not args.cpu_smoke:
+    if args.quick and not torch.cuda.is_available():
+        args.cpu_smoke = True
+    elif args.quick:
+        args.steps, args.warmup = 3, 1
+    if not torch.cuda.is_available() and not args.cpu_smoke:  # --quick set cpu_smoke above
         print("bench/gpu_throughput.py: no CUDA device here, so there is nothing to measure; "
               "no results written. Run it on a GPU machine.")
         return
@@ -141,9 +150,8 @@ def main() -> None:
     ])
     print(md)
     if args.cpu_smoke:
-        return
-    C.write_results("gpu_throughput", payload, md)
-    C.update_doc("gpu_throughput", md)
+        args.quick = True  # CPU figures never replace GPU ones
+    C.save_results(args, "gpu_throughput", payload, md, doc_section="gpu_throughput")
 
 
 if __name__ == "__main__":

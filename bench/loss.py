@@ -5,8 +5,8 @@ at the masked-token count of a 4096-token batch (30%) and, for base, of a 16,384
 Reports time (median of interleaved repetitions) and the memory each needs on top of the logits
 and their gradient, which both must hold.
 
-Usage: python bench/loss.py [--reps 5] [--no-write]
-Writes bench/results/loss.{json,md} and its section of docs/performance.md.
+Usage: python bench/loss.py [--quick] [--reps 5] [--save]
+With --save, writes bench/results/loss.{json,md} and its section of docs/performance.md.
 """
 
 from __future__ import annotations
@@ -65,19 +65,19 @@ def markdown(payload: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--no-write", action="store_true")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions per case")
+    C.add_output_args(p, "the first case only, 1 repetition")
     args = p.parse_args()
     device = torch.device("cpu")
-    payload = {"benchmark": "loss", "machine": C.machine(device), "settings": {"reps": args.reps},
+    reps, cases = (1, CASES[:1]) if args.quick else (args.reps, CASES)
+    payload = {"benchmark": "loss", "machine": C.machine(device), "settings": {"reps": reps},
                "memory_method": C.MEMORY_METHOD[device.type],
-               "cases": [run_case(*case, args.reps, device) for case in CASES]}
+               "cases": [run_case(*case, reps, device) for case in cases]}
     md = markdown(payload)
     print(md)
-    if not args.no_write:
-        C.write_results("loss", payload, md)
-        C.update_doc("loss", md)
+    C.save_results(args, "loss", payload, md, doc_section="loss")
 
 
 if __name__ == "__main__":

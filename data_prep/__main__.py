@@ -7,6 +7,7 @@ import json
 import sys
 
 from data_prep import DataPrepError
+from data_prep.cli_format import HelpFormatter
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -22,37 +23,55 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-split", default="train", help="split of a Hugging Face dataset source")
 
 
+EXAMPLES = """examples:
+  python -m data_prep sample --out runs/sample
+  python -m data_prep tokenizer docs/ --vocab-size 32768 --out data/tok
+  python -m data_prep mds docs/ --tokenizer data/tok --out data/mine --workers 8"""
+
+
+def _common_args(p: argparse.ArgumentParser, val_fraction: float) -> None:
+    """Options every command that writes shards shares."""
+    p.add_argument("--max-doc-tokens", type=int, default=8192,
+                   help="longer documents are split (CLS/SEP included)")
+    p.add_argument("--val-fraction", type=float, default=val_fraction,
+                   help="share of documents written to val/ instead of train/")
+    p.add_argument("--workers", type=int, default=1, help="tokenizer worker processes")
+    p.add_argument("--seed", type=int, default=17, help="seed of the train/val split")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output directory (refused otherwise)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _parser() -> argparse.ArgumentParser:
     """The three subcommands with the interface fixed by the data issue."""
-    ap = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__,
+                                 epilog=EXAMPLES, formatter_class=HelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer (HF format)")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+
+    t = command("tokenizer", "train a byte-level BPE tokenizer (Hugging Face format) on sources")
     _source_args(t)
-    t.add_argument("--vocab-size", type=int, default=32768, help="multiple of 64")
-    t.add_argument("--out", required=True)
-    t.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
-    m = sub.add_parser("mds", help="tokenize sources into zstd MDS shards")
+    t.add_argument("--vocab-size", type=int, default=32768, help="vocabulary size, a multiple of 64")
+    t.add_argument("--out", required=True, help="tokenizer folder to write")
+    t.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty output folder (refused otherwise)")
+    m = command("mds", "tokenize sources into zstd MDS shards (train/, val/, stats.json, "
+                "tokenizer/)")
     _source_args(m)
-    m.add_argument("--tokenizer", required=True, help="local directory or Hub name")
-    m.add_argument("--out", required=True)
-    m.add_argument("--max-doc-tokens", type=int, default=8192, help="longer documents are split (CLS/SEP included)")
+    m.add_argument("--tokenizer", required=True,
+                   help="tokenizer: a local folder or a Hub name (copied into OUT/tokenizer)")
+    m.add_argument("--out", required=True, help="output folder (the recipe's data_dir)")
     m.add_argument("--min-doc-tokens", type=int, default=1, help="shorter pieces are dropped and counted")
-    m.add_argument("--val-fraction", type=float, default=0.01)
-    m.add_argument("--workers", type=int, default=1)
-    m.add_argument("--seed", type=int, default=17)
     m.add_argument("--shard-size", type=int, default=1 << 25, help="bytes per shard before compression")
-    m.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    m.add_argument("--no-progress", action="store_true")
-    s = sub.add_parser("sample", help="build the offline stdlib sample corpus, tokenizer and shards")
-    s.add_argument("--out", required=True)
-    s.add_argument("--vocab-size", type=int, default=4096)
+    _common_args(m, 0.01)
+    s = command("sample", "build the offline sample corpus: Python standard-library source, a "
+                "BPE tokenizer and MDS shards (no download)")
+    s.add_argument("--out", required=True, help="output folder (configs/tiny.yaml reads runs/sample)")
+    s.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary size")
     s.add_argument("--max-bytes", type=int, default=4_000_000, help="text to take from the stdlib")
-    s.add_argument("--max-doc-tokens", type=int, default=8192)
-    s.add_argument("--val-fraction", type=float, default=0.02)
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--seed", type=int, default=17)
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--no-progress", action="store_true")
+    _common_args(s, 0.02)
     return ap
 
 

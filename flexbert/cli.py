@@ -1,4 +1,8 @@
-"""The `flexbert` command: inspect components and move models between formats."""
+"""flexbert: pretrain, fine-tune, sweep, convert and publish ModernBERT-style encoders.
+
+Training itself is `python train.py RECIPE [key=value ...]` (or `composer -n N train.py ...`);
+this command holds everything around it. `flexbert COMMAND --help` describes each command.
+"""
 
 from __future__ import annotations
 
@@ -23,23 +27,50 @@ def _no_args(parser: argparse.ArgumentParser) -> None:
     pass
 
 
-@command("components", "list every registry and its entries", _no_args)
+@command("components", "list every registry (model parts, optimizers, schedulers, callbacks, "
+         "algorithms) and its entries, plugins included", _no_args)
 def components(args: argparse.Namespace) -> int:
-    import flexbert.layers  # noqa: F401  (fills the registries)
+    from flexbert.components import load_all_components
     from flexbert.registry import ALL
 
+    load_all_components()
     for family in sorted(ALL):
         registry = ALL[family]
         print(f"{family}  ({registry.contract})")
+        width = max((len(name) for name in registry.names()), default=0)
         for name in registry.names():
-            print(f"  {name:<12} {registry.describe(name)}")
+            print(f"  {name:<{width}}  {registry.describe(name)}")
         print()
     return 0
 
 
 def _convert_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="source model directory (or hub name for from-hf)")
-    parser.add_argument("out", help="output directory")
+    parser.add_argument("out", help="output directory (the source's tokenizer is copied into it)")
+
+
+def _source_tokenizer(src: str):
+    """The tokenizer saved with a model (folder or Hub name), or None when it has none."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+    if os.path.isdir(src) and not any(os.path.isfile(os.path.join(src, f)) for f in files):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(src)
+    except (OSError, ValueError):
+        return None
+
+
+def _save_tokenizer(tokenizer, out) -> str:
+    if tokenizer is None:
+        return " (the source has no tokenizer)"
+    from data_prep.tokenizer import save_tokenizer
+
+    save_tokenizer(tokenizer, out)
+    return " with its tokenizer"
 
 
 @command("from-hf", "transformers ModernBERT folder or hub name -> FlexBERT model directory",
@@ -48,7 +79,8 @@ def from_hf(args: argparse.Namespace) -> int:
     from flexbert.hf import from_transformers, save_flexbert
 
     out = save_flexbert(from_transformers(args.src), args.out)
-    print(f"wrote FlexBERT model to {out}")
+    note = _save_tokenizer(_source_tokenizer(args.src), out)
+    print(f"wrote FlexBERT model to {out}{note}")
     return 0
 
 
@@ -57,16 +89,21 @@ def to_hf(args: argparse.Namespace) -> int:
     from flexbert.hf import load_flexbert, save_hf
 
     out = save_hf(load_flexbert(args.src), args.out)
-    print(f"wrote Hugging Face ModernBERT folder to {out}")
+    note = _save_tokenizer(_source_tokenizer(args.src), out)
+    print(f"wrote Hugging Face ModernBERT folder to {out}{note}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     _load_plugins()
-    parser = argparse.ArgumentParser(prog="flexbert", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from data_prep.cli_format import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="flexbert", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_args, fn) in sorted(COMMANDS.items()):
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=HelpFormatter)
         add_args(p)
         p.set_defaults(fn=fn)
     return parser

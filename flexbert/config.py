@@ -191,7 +191,10 @@ def load_model_config(path: str | Path, overrides: Sequence[str] = ()) -> ModelC
 
 def validate_model_config(cfg: ModelConfig, source: str = "<config>", prefix: str = "model") -> None:
     """Cross-field rules; each failure names the key path, the value and what is allowed."""
-    from flexbert import layers  # registries fill on import; deferred to avoid a cycle
+    from flexbert import layers  # deferred: pulls in torch, which loading YAML does not need
+    from flexbert.components import load_model_components
+
+    load_model_components()  # built-in families and installed plugins
 
     def fail(key: str, message: str) -> None:
         raise ConfigError(f"{source}: {prefix}.{key}: {message}")

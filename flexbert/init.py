@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 
 import torch.nn as nn
 
-from flexbert.config import ModelConfig
 from flexbert.registry import new_registry
+
+if TYPE_CHECKING:  # annotations only: the config module imports the layers, not the reverse
+    from flexbert.config import ModelConfig
 
 INITS = new_registry("init", "entry(model: nn.Module, cfg: ModelConfig) -> None, in place")
 

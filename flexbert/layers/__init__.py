@@ -1,4 +1,5 @@
-"""Component families; importing this module fills every registry."""
+"""The model's component families; importing this module registers the built-in entries
+(flexbert.components also loads plugins)."""
 
 from flexbert.init import INITS
 from flexbert.layers.activations import ACTIVATIONS

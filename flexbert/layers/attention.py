@@ -6,13 +6,17 @@ absorb every difference, so there is no attention class per combination.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
-from flexbert.config import ModelConfig
 from flexbert.layers.kernels import KERNELS
 from flexbert.padding import Layout
 from flexbert.registry import new_registry
+
+if TYPE_CHECKING:  # annotations only: the config module imports the layers, not the reverse
+    from flexbert.config import ModelConfig
 
 ATTENTIONS = new_registry(
     "attention", "entry(cfg: ModelConfig, layer_index: int) -> nn.Module with "

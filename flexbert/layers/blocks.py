@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
-from flexbert.config import ModelConfig
 from flexbert.layers.attention import ATTENTIONS
 from flexbert.layers.mlp import MLPS
 from flexbert.layers.norm import build_norm
 from flexbert.padding import Layout
 from flexbert.registry import new_registry
+
+if TYPE_CHECKING:  # annotations only: the config module imports the layers, not the reverse
+    from flexbert.config import ModelConfig
 
 LAYERS = new_registry(
     "layer", "entry(cfg: ModelConfig, layer_index: int) -> nn.Module with forward(x, layout, "

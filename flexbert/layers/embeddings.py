@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
-from flexbert.config import ModelConfig
 from flexbert.layers.norm import build_norm
 from flexbert.registry import new_registry
+
+if TYPE_CHECKING:  # annotations only: the config module imports the layers, not the reverse
+    from flexbert.config import ModelConfig
 
 EMBEDDINGS = new_registry(
     "embeddings", "entry(cfg: ModelConfig) -> nn.Module with forward(input_ids, position_ids, "

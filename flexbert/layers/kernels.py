@@ -325,7 +325,8 @@ def flash_attn(q, k, v, layout: Layout, window: Optional[int], dropout_p: float)
 
 def _flash_available() -> Optional[str]:
     if importlib.util.find_spec("flash_attn") is None:
-        return "the flash-attn package is not installed (pip install 'flexbert[gpu]', CUDA only)"
+        return ("the flash-attn package is not installed (CUDA only: "
+                "pip install flash-attn --no-build-isolation)")
     if not torch.cuda.is_available():
         return "flash-attn needs a CUDA device"
     return None

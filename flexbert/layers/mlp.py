@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
-from flexbert.config import ModelConfig
 from flexbert.layers.activations import ACTIVATIONS
 from flexbert.registry import new_registry
+
+if TYPE_CHECKING:  # annotations only: the config module imports the layers, not the reverse
+    from flexbert.config import ModelConfig
 
 MLPS = new_registry("mlp", "entry(cfg: ModelConfig) -> nn.Module mapping [..., D] -> [..., D]; "
                            "input projection `Wi`, output projection `Wo`")

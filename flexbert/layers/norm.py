@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch.nn as nn
 
-from flexbert.config import NormConfig
 from flexbert.registry import new_registry
+
+if TYPE_CHECKING:  # annotations only: the config module imports the layers, not the reverse
+    from flexbert.config import NormConfig
 
 NORMS = new_registry("norm", "entry(dim: int, cfg: NormConfig) -> nn.Module over the last dim")
 

@@ -7,13 +7,15 @@ and returns what `rotate` needs, so 22 layers share one cos/sin computation per 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
-from flexbert.config import ModelConfig
 from flexbert.registry import new_registry
+
+if TYPE_CHECKING:  # annotations only: the config module imports the layers, not the reverse
+    from flexbert.config import ModelConfig
 
 POSITIONS = new_registry(
     "position", "entry(cfg: ModelConfig) -> nn.Module with embed(x, position_ids), "

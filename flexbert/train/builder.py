@@ -22,6 +22,7 @@ from flexbert.train.checkpoint import AtomicCheckpointSaver
 from flexbert.train.config import Recipe, RecipeConfig, TrainerConfig
 from flexbert.train.guard import StopOnNonFiniteLoss
 from flexbert.train.fsdp import GlooGradientAverage, apply_activation_checkpointing, composer_fsdp
+from flexbert.train.extensions import ALGORITHMS, CALLBACKS, build_all
 from flexbert.train.model import ComposerFlexBertMLM
 from flexbert.train.optim import ApplyOptimizerConfig, build_optimizer
 from flexbert.train.schedules import build_scheduler
@@ -115,7 +116,11 @@ def _wandb_compat() -> None:
 
 
 def build_loggers(cfg: RecipeConfig) -> list:
-    loggers: list = [m for m in [metrics_logger(cfg)] if m is not None]
+    from flexbert.train.console import Console
+
+    tcfg = cfg.trainer  # our console replaces Composer's progress bar and console logger
+    loggers: list = [Console(tcfg.console_log_interval, tcfg.log_to_console, tcfg.progress_bar)]
+    loggers += [m for m in [metrics_logger(cfg)] if m is not None]
     wb = cfg.loggers.wandb
     if wb.enabled:
         folder = wb.dir or os.path.join(local_save_folder(cfg.save_folder or "."), "wandb")
@@ -140,6 +145,7 @@ def build_callbacks(recipe: Recipe) -> list:
         callbacks.append(GradNorm())
     if cfg.callbacks.packing_efficiency:
         callbacks.append(PackingEfficiency(train_data.packing_efficiency))
+    callbacks += build_all(CALLBACKS, cfg.callbacks.registered, "callbacks", recipe.source)
     from flexbert.evaluation.callback import build_downstream_eval
 
     saver = build_saver(cfg)  # before Publish: a step's checkpoint is on disk before its upload
@@ -186,6 +192,23 @@ def load_ignore_keys(cfg: RecipeConfig) -> Optional[list[str]]:
     return keys or None
 
 
+def eval_schedule(interval: str):
+    """Every `interval` and once more at the last step (also when the run is shorter than the
+    interval), inside that step so metrics.jsonl records it; Composer's own end-of-fit eval runs
+    after the loggers have closed."""
+    from composer.core import Event
+    from composer.utils.misc import create_interval_scheduler
+
+    return create_interval_scheduler(interval, checkpoint_events=False,
+                                     final_events={Event.BATCH_END})
+
+
+def build_algorithms(recipe: Recipe) -> list:
+    clip = recipe.cfg.trainer.grad_clip_norm
+    algorithms = [GradientClipping("norm", clip)] if clip > 0 else []
+    return algorithms + build_all(ALGORITHMS, recipe.cfg.algorithms, "algorithms", recipe.source)
+
+
 def build_trainer(recipe: Recipe) -> Trainer:
     """Model, data, optimizer, schedule, callbacks, loggers and checkpointing -> Trainer."""
     cfg, tcfg = recipe.cfg, recipe.cfg.trainer
@@ -216,19 +239,19 @@ def build_trainer(recipe: Recipe) -> Trainer:
     return Trainer(
         model=model, run_name=cfg.run_name, seed=cfg.seed, device=device,
         train_dataloader=train_spec, eval_dataloader=evaluator, max_duration=cfg.max_duration,
-        eval_interval=cfg.eval_interval, eval_subset_num_batches=tcfg.eval_subset_num_batches,
+        eval_interval=eval_schedule(cfg.eval_interval), eval_subset_num_batches=tcfg.eval_subset_num_batches,
         optimizers=optimizer,
         schedulers=build_scheduler(cfg.scheduler), step_schedulers_every_batch=True,
         precision=pick_precision(tcfg, device),
         device_train_microbatch_size=tcfg.device_train_microbatch_size,
         accumulate_train_batch_on_tokens=True,
-        algorithms=[GradientClipping("norm", tcfg.grad_clip_norm)] if tcfg.grad_clip_norm > 0 else [],
+        algorithms=build_algorithms(recipe),
         callbacks=[stop_on_nan, keep_config, *build_callbacks(recipe)], loggers=loggers,
         autoresume=cfg.autoresume, load_path=cfg.load_path,
         load_weights_only=cfg.load_weights_only, load_strict_model_weights=cfg.load_strict,
         load_ignore_keys=load_ignore_keys(cfg), load_progress_bar=False,
         ddp_sync_strategy=tcfg.ddp_sync_strategy, dist_timeout=tcfg.dist_timeout,
-        progress_bar=tcfg.progress_bar, log_to_console=tcfg.log_to_console,
-        console_log_interval=tcfg.console_log_interval, python_log_level=tcfg.python_log_level,
+        progress_bar=False, log_to_console=False,  # flexbert.train.console prints instead
+        python_log_level=tcfg.python_log_level,
         **gpu_only(tcfg, device),
     )

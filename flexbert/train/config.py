@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from flexbert.config import ConfigError, ModelConfig, load_yaml, model_config, structured
 
@@ -138,6 +138,10 @@ class CallbacksConfig:
     metrics_jsonl: str = "metrics.jsonl"    # under save_folder ("" disables)
     publish: PublishConfig = field(default_factory=PublishConfig)
     downstream_eval: DownstreamEvalConfig = field(default_factory=DownstreamEvalConfig)
+    # Callbacks from the `callback` registry, written directly under `callbacks:` by name
+    # (`callbacks.memory_monitor: {}`, `callbacks.loss_spike: {factor: 3}`); load_recipe moves
+    # them here. Values: keyword arguments, {} / true (defaults) or false (off).
+    registered: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,6 +179,11 @@ class RecipeConfig:
     loggers: LoggersConfig = field(default_factory=LoggersConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    # Composer algorithms by registry name with their keyword arguments: {ema: {half_life: 500ba}}.
+    algorithms: dict[str, Any] = field(default_factory=dict)
+    # Modules imported before the recipe is validated, so the components they register (a norm,
+    # a kernel, a callback ...) can be named in it: [mypackage.flexbert_parts].
+    plugins: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -208,6 +217,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     the offending key before anything is built."""
     path = Path(path)
     raw = load_yaml(path, overrides)
+    _load_plugins(raw, str(path))
+    _collect_registered_callbacks(raw, str(path))
     merged = structured(RecipeConfig, raw, str(path))
     _require_set(merged, str(path))
     has_preset = merged.model is not None and merged.model.get("preset") is not None
@@ -244,6 +255,40 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     recipe = Recipe(cfg=cfg, model=model, data=data, source=str(path), init_from=init_from)
     check_positions(recipe)
     return recipe
+
+
+def _load_plugins(raw: DictConfig, source: str) -> None:
+    """Import the recipe's `plugins:` (and installed entry-point plugins) before anything else
+    reads a component name."""
+    from flexbert.components import load_entry_point_plugins, load_plugins
+
+    plugins = raw.get("plugins") or []
+    if isinstance(plugins, str) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"{source}: plugins: expected a list of module names, got {plugins!r}")
+    load_entry_point_plugins()
+    load_plugins(list(plugins), source)
+
+
+def _collect_registered_callbacks(raw: DictConfig, source: str) -> None:
+    """Move `callbacks.NAME` entries that name a registered callback into
+    `callbacks.registered`; any other unknown key fails with both lists."""
+    import dataclasses
+
+    from flexbert.train.extensions import CALLBACKS
+
+    callbacks = raw.get("callbacks")
+    if not isinstance(callbacks, DictConfig):
+        return
+    fields = [f.name for f in dataclasses.fields(CallbacksConfig)]
+    for name in [k for k in callbacks if k not in fields]:
+        if name not in CALLBACKS:
+            raise ConfigError(f"{source}: callbacks.{name}: unknown key; allowed keys: "
+                              f"{', '.join(fields)}; registered callbacks: "
+                              f"{', '.join(CALLBACKS.names())}")
+        with open_dict(callbacks):
+            if callbacks.get("registered") is None:
+                callbacks.registered = {}
+            callbacks.registered[name] = callbacks.pop(name)
 
 
 def _require_set(merged: DictConfig, source: str) -> None:
@@ -299,6 +344,7 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
     from flexbert.evaluation.callback import check_downstream_config
 
     check_downstream_config(cfg, source)
+    _validate_extensions(cfg, source)
     if cfg.loggers.wandb.mode not in ("online", "offline", "disabled"):
         fail("loggers.wandb.mode", f"{cfg.loggers.wandb.mode!r}; allowed: online, offline, disabled")
 
@@ -312,3 +358,15 @@ def _validate_trainer(cfg: RecipeConfig, fail) -> None:
              f"n-th layer), got {every}")
     if cfg.trainer.fsdp is not None:
         validate_fsdp(cfg.trainer, cfg.optimizer.name, fail)
+
+
+def _validate_extensions(cfg: RecipeConfig, source: str) -> None:
+    """Build the registered callbacks and algorithms once, so a wrong name or argument fails
+    here, naming its key, rather than after the model is built."""
+    from flexbert.train.extensions import ALGORITHMS, CALLBACKS, build_all
+
+    try:
+        build_all(CALLBACKS, cfg.callbacks.registered, "callbacks", source)
+        build_all(ALGORITHMS, cfg.algorithms, "algorithms", source)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

@@ -14,9 +14,13 @@ log = logging.getLogger("flexbert.train")
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    from flexbert.train.recipe_help import keys_help
+
     parser = argparse.ArgumentParser(
         prog="train.py", description="Pretrain a FlexBERT encoder with Composer.",
-        epilog="Overrides use dotted keys: max_duration=200ba optimizer.lr=1e-3 model.num_layers=2")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Overrides use dotted keys: max_duration=200ba optimizer.lr=1e-3 "
+               "model.num_layers=2\n\n" + keys_help())
     parser.add_argument("config", help="recipe YAML, e.g. configs/tiny.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value")
     return parser.parse_args(argv)
@@ -43,13 +47,14 @@ def export_hf(recipe, trainer) -> Optional[Path]:
     check_finite(model, str(out))
     save_hf(model, out, tokenizer)
     log.info("wrote Hugging Face model folder %s", out)
-    print(f"Hugging Face model folder: {out}", flush=True)
     return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # Our own messages at INFO; the libraries' (Composer's seed and setup chatter) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("flexbert").setLevel(logging.INFO)
     from flexbert.train.config import load_recipe
 
     try:
@@ -96,6 +101,9 @@ def train(recipe) -> int:
         if is_rank_zero():
             print(f"error: {err}: stopped before saving it; {last_good(recipe)}", file=sys.stderr)
         return 3
-    export_hf(recipe, trainer)
+    hf_folder = export_hf(recipe, trainer)
+    from flexbert.train import summary
+
+    summary.finish(recipe, trainer, hf_folder)
     trainer.close()
     return 0
