@@ -27,7 +27,7 @@ def run_args(corpus: Path, folder: Path, *extra: str) -> list[str]:
     all-reduce that gloo lacks under FSDP2)."""
     return [str(REPO / "configs" / "tiny.yaml"), f"data_dir={corpus}", f"save_folder={folder}",
             "run_name=t", f"max_duration={STEPS}ba", f"save_interval={STEPS}ba",
-            "eval_interval=1000ba", "trainer.precision=fp32", "trainer.progress_bar=false",
+            "eval_interval=1000ba", "trainer.eval_subset_num_batches=1", "trainer.precision=fp32", "trainer.progress_bar=false",
             "trainer.console_log_interval=1000ba", "batch.warmup_start=null",
             "optimizer.name=decoupled_adamw", *extra]
 
@@ -46,7 +46,7 @@ def runs(sample_corpus, tmp_path_factory) -> dict[str, Path]:
              "fsdp": ["trainer.fsdp.version=2", "trainer.fsdp.state_dict_type=sharded",
                       "trainer.activation_checkpointing=2", "export.hf_folder=hf",
                       "callbacks.publish.enabled=true"]}
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # 2 ranks on 2 cores
     for name, folder in folders.items():  # one at a time: Streaming's shared memory is per host
         proc = subprocess.run(
             ["composer", "-n", "2", "--master_port", str(free_port()), str(REPO / "train.py"),
