@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flexbert.checkpoint_reader import load_checkpoint_state
 from flexbert.sharded import read_sharded_checkpoint
 from flexbert.train.callbacks import read_metrics
 
@@ -71,8 +72,7 @@ def test_sharded_checkpoint_reads_back_whole(runs):
     folder = runs["fsdp"] / f"ep0-ba{STEPS}"
     assert sorted(p.name for p in folder.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     state = read_sharded_checkpoint(folder)
-    full = torch.load(runs["ddp"] / f"ep0-ba{STEPS}-rank0.pt", map_location="cpu",
-                      weights_only=False)["state"]
+    full = load_checkpoint_state(runs["ddp"] / f"ep0-ba{STEPS}-rank0.pt")
     assert state["model"].keys() == full["model"].keys()  # the names a .pt checkpoint uses
     for key, value in full["model"].items():
         assert state["model"][key].shape == value.shape, key
@@ -139,3 +139,33 @@ def test_bad_fsdp_keys_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(REPO / "configs" / "tiny.yaml", ["data_dir=x", "trainer.fsdp.version=2",
                                                      "optimizer.name=decoupled_adamw", override])
+
+
+def test_sharded_checkpoint_publishes_averages_and_inits(runs, tmp_path):
+    """The one reader takes a sharded folder wherever a checkpoint is accepted: `flexbert
+    publish`, `flexbert average` (beside the DDP run's .pt) and `model.init_from`."""
+    from transformers import AutoModelForMaskedLM
+
+    from flexbert.checkpoint_reader import read_source
+    from flexbert.cli import main as cli
+    from flexbert.hf import from_transformers
+
+    sharded, full = runs["fsdp"] / f"ep0-ba{STEPS}", runs["ddp"] / f"ep0-ba{STEPS}-rank0.pt"
+    source = read_source(str(sharded))
+    assert source.kind == "sharded" and source.config is not None
+    assert cli(["publish", str(sharded), str(tmp_path / "pub")]) == 0
+    published = from_transformers(AutoModelForMaskedLM.from_pretrained(tmp_path / "pub"))
+    for key, value in published.state_dict().items():
+        if "inv_freq" not in key:
+            assert torch.equal(value, source.weights[key]), key
+    assert cli(["average", str(sharded), str(full), str(tmp_path / "avg.pt")]) == 0
+    mean = read_source(str(tmp_path / "avg.pt")).weights
+    other = read_source(str(full)).weights
+    key = "model.layers.0.mlp.Wi.weight"
+    assert torch.allclose(mean[key], (source.weights[key] + other[key]) / 2, atol=1e-6)
+    from flexbert.model import FlexBertForMaskedLM
+    from flexbert.train.continual import load_init_weights
+
+    model = FlexBertForMaskedLM(source.config)
+    load_init_weights(model, str(sharded))
+    assert torch.equal(model.state_dict()[key], source.weights[key])
