@@ -275,10 +275,12 @@ def test_written_checkpoint_is_plain_and_carries_clock_optimizer_and_config(nati
     ckpt = plain_load(out)  # no pickled objects of anyone's classes
     state, ref = ckpt["state"], torch.load(native, map_location="cpu", weights_only=False)["state"]
     ts = state["timestamp"]["Timestamp"]
-    assert (ts["batch"], ts["token"], ts["batch_in_epoch"]) == (2, ref["timestamp"]["Timestamp"]["token"], 0)
+    tokens = ref["timestamp"]["Timestamp"]["token"]
+    assert (ts["batch"], ts["token"], ts["batch_in_epoch"]) == (2, tokens, 0)
     (opt,) = state["optimizers"].values()
     (native_opt,) = ref["optimizers"].values()
-    assert [g["params"] for g in opt["param_groups"]] == [g["params"] for g in native_opt["param_groups"]]
+    assert ([g["params"] for g in opt["param_groups"]]
+            == [g["params"] for g in native_opt["param_groups"]])
     assert [int(g["step"]) for g in opt["param_groups"]] == [2, 2]
     for name, tensors in native_opt["state"].items():
         assert torch.equal(opt["state"][name]["exp_avg_sq"], tensors["exp_avg_sq"]), name
@@ -377,4 +379,7 @@ def test_bad_inputs_fail_in_one_line(tmp_path, capsys):
     assert cli(["import-modernbert", "--yaml", str(bad), "--recipe", str(tmp_path / "r.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model_config.attention_layer='alibi'" in err[0]
+    bad.write_text("seed: seventeen\n")
+    assert cli(["import-modernbert", "--yaml", str(bad), "--recipe", str(tmp_path / "r.yaml")]) == 2
+    assert f"{bad}: seed: 'seventeen' is not a valid value" in capsys.readouterr().err
     assert not (tmp_path / "r.yaml").exists()
