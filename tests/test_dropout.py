@@ -47,7 +47,8 @@ def test_out_dropout_leaves_the_probabilities_alone_and_dropout_drops_them():
     only_out = FlexBertForMaskedLM(tiny_config(**{"attention.out_dropout": P}))
     # Layer 0 sees the embeddings (no embedding dropout): without probability dropout, what
     # enters Wo is the same in training and in eval.
-    torch.testing.assert_close(_capture(only_out, True)["wo_in"], _capture(only_out, False)["wo_in"])
+    torch.testing.assert_close(_capture(only_out, True)["wo_in"],
+                               _capture(only_out, False)["wo_in"])
     probs = FlexBertForMaskedLM(tiny_config(**{"attention.dropout": P}))
     probs.load_state_dict(only_out.state_dict())
     assert not torch.allclose(_capture(probs, True)["wo_in"], _capture(probs, False)["wo_in"])

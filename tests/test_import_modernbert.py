@@ -275,10 +275,12 @@ def test_written_checkpoint_is_plain_and_carries_clock_optimizer_and_config(nati
     ckpt = plain_load(out)  # no pickled objects of anyone's classes
     state, ref = ckpt["state"], torch.load(native, map_location="cpu", weights_only=False)["state"]
     ts = state["timestamp"]["Timestamp"]
-    assert (ts["batch"], ts["token"], ts["batch_in_epoch"]) == (2, ref["timestamp"]["Timestamp"]["token"], 0)
+    tokens = ref["timestamp"]["Timestamp"]["token"]
+    assert (ts["batch"], ts["token"], ts["batch_in_epoch"]) == (2, tokens, 0)
     (opt,) = state["optimizers"].values()
     (native_opt,) = ref["optimizers"].values()
-    assert [g["params"] for g in opt["param_groups"]] == [g["params"] for g in native_opt["param_groups"]]
+    assert ([g["params"] for g in opt["param_groups"]]
+            == [g["params"] for g in native_opt["param_groups"]])
     assert [int(g["step"]) for g in opt["param_groups"]] == [2, 2]
     for name, tensors in native_opt["state"].items():
         assert torch.equal(opt["state"][name]["exp_avg_sq"], tensors["exp_avg_sq"]), name
@@ -377,4 +379,32 @@ def test_bad_inputs_fail_in_one_line(tmp_path, capsys):
     assert cli(["import-modernbert", "--yaml", str(bad), "--recipe", str(tmp_path / "r.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model_config.attention_layer='alibi'" in err[0]
+    bad.write_text("seed: seventeen\n")
+    assert cli(["import-modernbert", "--yaml", str(bad), "--recipe", str(tmp_path / "r.yaml")]) == 2
+    assert f"{bad}: seed: 'seventeen' is not a valid value" in capsys.readouterr().err
     assert not (tmp_path / "r.yaml").exists()
+
+
+def test_converted_weights_give_the_logits_their_weights_give_through_transformers(converted):
+    """transformers' ModernBERT loaded by their convert_to_hf names is the oracle."""
+    from omegaconf import OmegaConf
+
+    from flexbert.config import model_config
+    from flexbert.hf import to_transformers
+    from flexbert.model import FlexBertForMaskedLM
+    from tests.helpers import mixed_batch
+
+    folder, out, _ = converted
+    state = plain_load(out)["state"]
+    tree = OmegaConf.create(state["callbacks"]["PhaseInfo"]["model_config"])
+    cfg = model_config(OmegaConf.merge(tree, {"sparse_prediction": False}))  # logits for all
+    flex = FlexBertForMaskedLM(cfg).eval()
+    flex.load_state_dict({k.removeprefix("model."): v for k, v in state["model"].items()})
+    hf = to_transformers(FlexBertForMaskedLM(cfg)).eval()
+    theirs = torch.load(folder / "latest-rank0.pt", map_location="cpu", weights_only=False)
+    hf.load_state_dict({hf_name(k): v for k, v in theirs["state"]["model"].items()})
+    ids, mask = mixed_batch([40, 17, 33], vocab=4096)
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask).logits[mask.bool()]
+        got = flex(ids, mask).logits[mask.bool()]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

@@ -248,7 +248,7 @@ def _save(ckpt: dict, out: str) -> None:
     os.replace(tmp, out)
 
 
-# --- the command ------------------------------------------------------------------------------------
+# --- the command ---------------------------------------------------------------------------------
 
 def _args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="their Composer checkpoint (.pt)")

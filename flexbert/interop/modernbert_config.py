@@ -98,7 +98,8 @@ NO_EFFECT = {
 }
 
 # Consumed here by hand (see `model_tree`).
-SPECIAL = {"max_position_embeddings", "mlp_in_bias", "mlp_out_bias", "norm_kwargs", "skip_first_prenorm", "sliding_window",
+SPECIAL = {"max_position_embeddings", "mlp_in_bias", "mlp_out_bias", "norm_kwargs",
+           "skip_first_prenorm", "sliding_window",
            "global_attn_every_n_layers", "rotary_emb_base", "local_attn_rotary_emb_base",
            "loss_function", "loss_kwargs", "init_method", "pad_token_id", "bos_token_id",
            "eos_token_id", "cls_token_id", "sep_token_id", "mask_token_id"}
@@ -114,7 +115,8 @@ class Unmapped(list):
         self.append((key, why))
 
 
-def _set(tree: dict, path: str, value: Any) -> None:
+def put(tree: dict, path: str, value: Any) -> None:
+    """tree[a][b][c] = value for path 'a.b.c', creating the levels."""
     *parents, leaf = path.split(".")
     for part in parents:
         tree = tree.setdefault(part, {})
@@ -132,20 +134,21 @@ def model_tree(their: dict, source: str, unmapped: Unmapped,
     defaults). `token_ids` (from the tokenizer) win over the config's, which bert-base-uncased
     fills with its own ids."""
     cfg = {**THEIR_DEFAULTS, **{k: v for k, v in their.items() if v is not None or k in FIXED}}
-    absolute = cfg["attention_layer"] not in ("rope", "rope_parallel")  # a learned table keeps its size
+    # a learned position table keeps its size; rotary needs none
+    absolute = cfg["attention_layer"] not in ("rope", "rope_parallel")
     tree: dict = {"max_position_embeddings": cfg["max_position_embeddings"] if absolute
                   else max_position_embeddings}
     for key, target in RENAMED.items():
-        _set(tree, target, cfg[key])
+        put(tree, target, cfg[key])
     for key, (target, choices) in CHOICES.items():
         if cfg[key] not in choices:
             _fail(source, key, cfg[key], f"FlexBERT has no equivalent; supported: "
                   f"{', '.join(sorted(choices))}")
-        _set(tree, target, choices[cfg[key]])
+        put(tree, target, choices[cfg[key]])
     for key, (value, meaning) in FIXED.items():
         if cfg.get(key, value) != value:
             _fail(source, key, cfg[key], f"FlexBERT supports only {value!r} ({meaning})")
-    _set(tree, "position.type", _position(cfg, source))
+    put(tree, "position.type", _position(cfg, source))
     _biases_and_norms(cfg, tree, source, unmapped)
     _attention_pattern(cfg, tree, source)
     _loss_and_init(cfg, tree, source, unmapped)
@@ -172,15 +175,15 @@ def _biases_and_norms(cfg: dict, tree: dict, source: str, unmapped: Unmapped) ->
     if cfg["mlp_in_bias"] != cfg["mlp_out_bias"]:
         _fail(source, "mlp_out_bias", cfg["mlp_out_bias"], "FlexBERT has one mlp.bias for both "
               f"MLP projections; mlp_in_bias is {cfg['mlp_in_bias']!r}")
-    _set(tree, "mlp.bias", cfg["mlp_in_bias"])
+    put(tree, "mlp.bias", cfg["mlp_in_bias"])
     norm = dict(cfg["norm_kwargs"] or {})
-    _set(tree, "norm.eps", float(norm.pop("eps", 1e-5)))  # torch's LayerNorm default
+    put(tree, "norm.eps", float(norm.pop("eps", 1e-5)))  # torch's LayerNorm default
     if tree["norm"]["type"] == "layernorm":
-        _set(tree, "norm.bias", bool(norm.pop("bias", True)))
+        put(tree, "norm.bias", bool(norm.pop("bias", True)))
     norm.pop("bias", None)
     for key in norm:
         unmapped.add(f"model_config.norm_kwargs.{key}", "FlexBERT's norms take eps and bias only")
-    _set(tree, "first_layer_attn_norm", not cfg["skip_first_prenorm"])
+    put(tree, "first_layer_attn_norm", not cfg["skip_first_prenorm"])
 
 
 def _attention_pattern(cfg: dict, tree: dict, source: str) -> None:
@@ -188,12 +191,12 @@ def _attention_pattern(cfg: dict, tree: dict, source: str) -> None:
     if window > 0 and every <= 0:
         _fail(source, "global_attn_every_n_layers", every, "every layer local is not expressible; "
               "FlexBERT's layer 0 is always global (set a positive global_attn_every_n_layers)")
-    _set(tree, "attention.local_window", window if window > 0 else 0)
-    _set(tree, "attention.global_every_n_layers", every if window > 0 else 1)
+    put(tree, "attention.local_window", window if window > 0 else 0)
+    put(tree, "attention.global_every_n_layers", every if window > 0 else 1)
     theta = float(cfg["rotary_emb_base"])
     local = cfg["local_attn_rotary_emb_base"]
-    _set(tree, "position.global_theta", theta)
-    _set(tree, "position.local_theta", float(local) if local and local > 0 else theta)
+    put(tree, "position.global_theta", theta)
+    put(tree, "position.local_theta", float(local) if local and local > 0 else theta)
 
 
 def _loss_and_init(cfg: dict, tree: dict, source: str, unmapped: Unmapped) -> None:
@@ -209,7 +212,7 @@ def _loss_and_init(cfg: dict, tree: dict, source: str, unmapped: Unmapped) -> No
         unmapped.add("model_config.init_method", f"{cfg['init_method']!r} has no FlexBERT "
                      f"equivalent (kept init.type megatron); supported: {', '.join(INITS)}")
     else:
-        _set(tree, "init.type", init)
+        put(tree, "init.type", init)
 
 
 def _tokens(cfg: dict, tree: dict, token_ids: Optional[dict]) -> None:

@@ -81,7 +81,8 @@ WHY_NOT = {
     "pretrain_data_local": "FlexBERT evaluates on <data_dir>/val of the training data",
     "pretrain_data_remote": "FlexBERT evaluates on <data_dir>/val of the training data",
     "device_eval_batch_size": "FlexBERT's eval microbatch follows device_train_microbatch_size",
-    "device_eval_microbatch_size": "FlexBERT's eval microbatch follows device_train_microbatch_size",
+    "device_eval_microbatch_size": "FlexBERT's eval microbatch follows "
+                                   "device_train_microbatch_size",
     "eval_loader.dataset.local": "FlexBERT evaluates on <data_dir>/val of the training data",
     "eval_loader.dataset.remote": "FlexBERT evaluates on <data_dir>/val of the training data",
     "eval_loader.num_workers": "FlexBERT has one data.num_workers for both loaders",
@@ -99,11 +100,15 @@ WHY_NOT = {
                             "model.init_from",
     "scheduler.t_max": "FlexBERT's schedules end at max_duration",
 }
+HANDLED = {"load_path", "tokenizer_name", "model.tokenizer_name", "model.pretrained_model_name"}
 # Variables their YAML interpolates into other values (load_path's {name} placeholders).
 VARIABLES = re.compile(r".*_run_name$")
 SCHEDULERS = {"warmup_stable_decay": ("t_warmup", "t_decay", "alpha_f"),
-              "constant_with_warmup": ("t_warmup",), "one_minus_sqrt": ("t_warmup", "t_decay", "alpha_f")}
-OPTIMIZERS = {"decoupled_stableadamw": ("stable_adamw", True), "stableadamw": ("stable_adamw", False),
+              "constant_with_warmup": ("t_warmup",),
+              "one_minus_sqrt": ("t_warmup", "t_decay", "alpha_f")}
+# their optimizer -> (FlexBERT's, whether their weight decay is already decoupled from the LR)
+OPTIMIZERS = {"decoupled_stableadamw": ("stable_adamw", True),
+              "stableadamw": ("stable_adamw", False),
               "decoupled_adamw": ("decoupled_adamw", True), "adamw": ("decoupled_adamw", False)}
 
 
@@ -136,7 +141,8 @@ def read(path: str, token_ids: Optional[dict] = None, tokenizer: Optional[str] =
         raise ConfigError(f"{path}: cannot resolve interpolations: {err}") from None
     flat = _flat(tree)
     flat.pop("model.model_config", None)
-    out = Converted(path, {}, mc.Unmapped(), dict((tree.get("model") or {}).get("model_config") or {}),
+    their_model = dict((tree.get("model") or {}).get("model_config") or {})
+    out = Converted(path, {}, mc.Unmapped(), their_model,
                     int(flat["max_seq_len"]) if "max_seq_len" in flat else None)
     if flat.get("model.name", "flex_bert") != "flex_bert":
         raise ConfigError(f"{path}: model.name: {flat['model.name']!r}: only their flex_bert "
@@ -155,12 +161,13 @@ def read(path: str, token_ids: Optional[dict] = None, tokenizer: Optional[str] =
     # Built now so a bad value fails here, naming the key; written whole, in FlexBERT's order.
     out.recipe["model"] = OmegaConf.to_container(OmegaConf.structured(mc.build(model, path)))
     # Their packer is one stream per worker; FlexBERT's partitions are shared evenly by workers.
-    _put(out.recipe, "data.pack_parts", max(1, int(out.recipe.get("data", {}).get("num_workers", 0))))
+    workers = int(out.recipe.get("data", {}).get("num_workers", 0))
+    mc.put(out.recipe, "data.pack_parts", max(1, workers))
     if out.their_model.get("compile_model") is not None:
-        _put(out.recipe, "trainer.compile", bool(out.their_model["compile_model"]))
+        mc.put(out.recipe, "trainer.compile", bool(out.their_model["compile_model"]))
     if "loggers.wandb.project" in flat or "loggers.wandb.entity" in flat:
-        _put(out.recipe, "loggers.wandb.enabled", True)
-        _put(out.recipe, "loggers.wandb.mode", "online")
+        mc.put(out.recipe, "loggers.wandb.enabled", True)
+        mc.put(out.recipe, "loggers.wandb.mode", "online")
     return out
 
 
@@ -169,22 +176,21 @@ def _their_tokenizer_ids(path: str, flat: dict) -> dict:
     try:
         return mc.tokenizer_ids(str(name))
     except Exception as err:
-        raise ConfigError(f"{path}: tokenizer_name: cannot read the special-token ids of {name!r} "
-                          f"({str(err).strip().splitlines()[0][:120]}); pass --tokenizer DIR") from None
-
-
-def _put(tree: dict, key: str, value: Any) -> None:
-    *parents, leaf = key.split(".")
-    for part in parents:
-        tree = tree.setdefault(part, {})
-    tree[leaf] = value
+        reason = str(err).strip().splitlines()[0][:120]
+        raise ConfigError(f"{path}: tokenizer_name: cannot read the special-token ids of "
+                          f"{name!r} ({reason}); pass --tokenizer DIR") from None
 
 
 def _one(out: Converted, key: str, value: Any, flat: dict) -> None:
     if key in DIRECT:
         target, convert = DIRECT[key]
-        if value is not None:
-            _put(out.recipe, target, convert(value))
+        if value is None:
+            return
+        try:
+            mc.put(out.recipe, target, convert(value))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{out.source}: {key}: {value!r} is not a valid value for "
+                              f"FlexBERT's {target}") from None
         return
     if key in ALREADY:
         expected, why = ALREADY[key]
@@ -192,9 +198,9 @@ def _one(out: Converted, key: str, value: Any, flat: dict) -> None:
             out.unmapped.add(key, f"{value!r}: FlexBERT does only {expected!r}" +
                              (f" ({why})" if why else ""))
         return
-    if _is_echo(key, value, flat) or VARIABLES.match(key) or key.startswith(("scheduler.", "optimizer.")) \
-            or key in ("load_path", "tokenizer_name", "model.tokenizer_name", "model.pretrained_model_name"):
-        return  # handled by the dedicated steps below
+    if _is_echo(key, value, flat) or VARIABLES.match(key) or key in HANDLED \
+            or key.startswith(("scheduler.", "optimizer.")):
+        return  # handled by the dedicated steps in `read`
     if key == "data_remote" and not value:
         return
     if key in WHY_NOT or key.split(".")[0] in WHY_NOT:
@@ -222,7 +228,7 @@ def _is_echo(key: str, value: Any, flat: dict) -> bool:
 def _tokenizer(out: Converted, flat: dict, tokenizer: Optional[str]) -> None:
     name = tokenizer or flat.get("tokenizer_name") or flat.get("model.tokenizer_name")
     if name:
-        _put(out.recipe, "data.tokenizer", str(name))
+        mc.put(out.recipe, "data.tokenizer", str(name))
     base = flat.get("model.pretrained_model_name")
     if base not in (None, "bert-base-uncased"):
         out.unmapped.add("model.pretrained_model_name", f"{base!r}: model defaults are taken from "
@@ -231,7 +237,8 @@ def _tokenizer(out: Converted, flat: dict, tokenizer: Optional[str]) -> None:
 
 def _scheduler(out: Converted, sched: dict, flat: dict) -> None:
     name = sched.get("name")
-    times = {k: _time(v) if k.startswith("t_") else float(v) for k, v in sched.items() if k != "name"}
+    times = {k: _time(v) if k.startswith("t_") else float(v)
+             for k, v in sched.items() if k != "name"}
     if name == "linear_decay_with_warmup":  # = warmup, then linear decay over the rest of the run
         decay = _rest_of_run(times.get("t_warmup", "0dur"), flat.get("max_duration"))
         if decay is None:
@@ -276,11 +283,11 @@ def _optimizer(out: Converted, opt: dict) -> None:
                          f"{', '.join(OPTIMIZERS)})")
         return
     ours, decoupled = OPTIMIZERS[name]
-    _put(out.recipe, "optimizer.name", ours)
+    mc.put(out.recipe, "optimizer.name", ours)
     if not decoupled and "weight_decay" in opt and "lr" in opt:
         # Their coupled decay shrinks by lr * wd per step; FlexBERT's decoupled decay by
         # wd * lr / peak_lr, so the same shrinkage at the peak needs wd * peak_lr.
-        _put(out.recipe, "optimizer.weight_decay", float(opt["weight_decay"]) * float(opt["lr"]))
+        mc.put(out.recipe, "optimizer.weight_decay", float(opt["weight_decay"]) * float(opt["lr"]))
         out.unmapped.add("optimizer.weight_decay", f"{name} couples weight decay to the LR; "
                          "converted to FlexBERT's decoupled value weight_decay * lr")
     for key in opt:
@@ -307,7 +314,8 @@ def write(conv: Converted, out_path: str, load_path: Optional[str] = None) -> No
     elif conv.their_load_path:
         recipe["load_path"] = conv.their_load_path
         conv.unmapped.add("load_path", f"{conv.their_load_path}: their checkpoint; convert it with "
-                          "flexbert import-modernbert --checkpoint and point load_path at the result")
+                          "flexbert import-modernbert --checkpoint and point load_path at the "
+                          "result")
     lines = [f"# FlexBERT recipe converted by `flexbert import-modernbert` from {conv.source}",
              "# Their keys that did not map (and why):"]
     lines += [f"#   {key}: {why}" for key, why in conv.unmapped] or ["#   (none)"]
