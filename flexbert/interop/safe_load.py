@@ -9,33 +9,13 @@ imported or executed.
 
 from __future__ import annotations
 
-import datetime
 import pickle
 import types
 from typing import Any
 
-import numpy as np
 import torch
 
-
-class UnsafeCheckpoint(ValueError):
-    """The file needs classes outside the allowlist; the message names the file and the opt-in."""
-
-
-def _numpy_globals() -> list:
-    core = getattr(np, "_core", None) or np.core  # numpy 2 moved numpy.core to numpy._core
-    found = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
-    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes by their class
-    if dtypes is not None:
-        found += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
-    return found
-
-
-def safe_globals() -> list:
-    """Types beyond torch's weights-only set that plain Composer checkpoints hold."""
-    from torch.torch_version import TorchVersion
-
-    return [datetime.timedelta, TorchVersion, *_numpy_globals()]
+from flexbert.checkpoint_reader import UnsafeCheckpoint, safe_globals
 
 
 def _qualname(obj: Any) -> str:
