@@ -113,7 +113,8 @@ def run_in_process(command: str, monkeypatch) -> int:
     else:
         assert argv[0] == "python" and argv[1].endswith(".py"), command
         monkeypatch.setattr(sys, "argv", argv[1:])
-        entry = lambda: runpy.run_path(argv[1], run_name="__main__")  # noqa: E731
+        monkeypatch.syspath_prepend(str(Path(argv[1]).resolve().parent))  # as `python x.py` does
+        entry = lambda: runpy.run_path(argv[1], run_name="__main__") and 0  # noqa: E731
     try:
         return int(entry() or 0)
     except SystemExit as stop:  # --help exits 0

@@ -64,6 +64,8 @@ def train_run(sweep: Sweep, run: Run) -> None:
     run.folder.mkdir(parents=True, exist_ok=True)
     if checkpoint_reached_end(sweep, run):
         return
+    for path in drop_downstream(run):
+        print(f"  removed {path} (made from the previous pretraining)", flush=True)
     if sweep.launcher == "subprocess":
         script = REPO / "train.py"
         cmd = ([sys.executable, str(script)] if script.is_file() else
@@ -161,8 +163,6 @@ def run_sweep(sweep: Sweep, print_fn=print) -> dict[str, Any]:
             continue
         print_fn(f"[{run.index + 1}/{len(sweep.runs)}] {run.name}: training "
                  f"({' '.join(run.own) or 'base recipe'})")
-        for path in drop_downstream(run):
-            print_fn(f"  removed {path} (made from the previous pretraining)")
         start = time.time()
         train_run(sweep, run)
         export_model(sweep, run)  # <run>/model: what `flexbert finetune --model` starts from

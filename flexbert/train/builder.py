@@ -239,7 +239,8 @@ def build_trainer(recipe: Recipe) -> Trainer:
     return Trainer(
         model=model, run_name=cfg.run_name, seed=cfg.seed, device=device,
         train_dataloader=train_spec, eval_dataloader=evaluator, max_duration=cfg.max_duration,
-        eval_interval=eval_schedule(cfg.eval_interval), eval_subset_num_batches=tcfg.eval_subset_num_batches,
+        eval_interval=eval_schedule(cfg.eval_interval),
+        eval_subset_num_batches=tcfg.eval_subset_num_batches,
         optimizers=optimizer,
         schedulers=build_scheduler(cfg.scheduler), step_schedulers_every_batch=True,
         precision=pick_precision(tcfg, device),
