@@ -12,30 +12,21 @@ import torch
 from flexbert.config import ModelConfig
 
 
-def load_encoder(source: str, model_config_path: Optional[str] = None) -> tuple[ModelConfig, dict]:
-    """(ModelConfig, state dict in FlexBertForMaskedLM names) from a FlexBERT model directory, a
-    Hugging Face ModernBERT folder, or a Composer checkpoint (a `.pt` file or a folder holding
-    latest-rank0.pt) whose config is `model_config_path`, its PhaseInfo, or a flexbert.yaml
-    beside it."""
-    from flexbert.hf import CONFIG_FILE, WEIGHTS_FILE, from_transformers, load_flexbert
+def load_encoder(source: str, model_config_path: Optional[str] = None,
+                 trust: bool = False) -> tuple[ModelConfig, dict]:
+    """(ModelConfig, state dict in FlexBertForMaskedLM names) from any source the checkpoint
+    reader takes (FlexBERT model directory, Hugging Face folder, Composer `.pt`, sharded folder),
+    or a run folder holding latest-rank0.pt. A Composer checkpoint's config is
+    `model_config_path`, its PhaseInfo, or a flexbert.yaml beside it."""
+    from flexbert.checkpoint_reader import read_source
 
     p = Path(source)
-    if p.is_dir() and (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file():
-        model = load_flexbert(p)
-        return model.config, model.state_dict()
-    if p.is_dir() and (p / "config.json").is_file():
-        model = from_transformers(str(p))
-        return model.config, model.state_dict()
-    checkpoint = p / "latest-rank0.pt" if p.is_dir() else p
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{source}: not a FlexBERT model directory ({CONFIG_FILE} + "
-                                f"{WEIGHTS_FILE}), a Hugging Face folder (config.json) or a "
-                                "Composer checkpoint")
-    from flexbert.train.publish import checkpoint_info, model_state, read_checkpoint
-
-    state = read_checkpoint(checkpoint)
-    info = checkpoint_info(state, str(checkpoint))
-    return composer_model_config(checkpoint, model_config_path, info), model_state(state)
+    if p.is_dir() and (p / "latest-rank0.pt").exists():
+        p = p / "latest-rank0.pt"
+    read = read_source(str(p), trust, key="--model")
+    if read.kind in ("composer", "sharded") and (model_config_path or read.config is None):
+        return composer_model_config(p, model_config_path, read.info), read.weights
+    return read.config, read.weights
 
 
 # The name the sweep and the first tests know this function by.

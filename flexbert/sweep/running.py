@@ -85,9 +85,9 @@ def train_run(sweep: Sweep, run: Run) -> None:
 
 def checkpoint_model_state(checkpoint: Path) -> dict:
     """The model weights of a Composer checkpoint: the one place the sweep opens a checkpoint."""
-    import torch
+    from flexbert.checkpoint_reader import load_checkpoint_state
 
-    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["model"]
+    return load_checkpoint_state(checkpoint)["model"]
 
 
 def drop_downstream(run: Run) -> list[Path]:
