@@ -168,7 +168,8 @@ def from_transformers(hf_model: Any, **overrides: Any) -> FlexBertForMaskedLM:
     if isinstance(hf_model, (str, Path)):
         from transformers import ModernBertForMaskedLM
 
-        hf_model = ModernBertForMaskedLM.from_pretrained(str(hf_model), use_safetensors=True)  # never a pickle
+        # safetensors only: a pytorch_model.bin would be unpickled
+        hf_model = ModernBertForMaskedLM.from_pretrained(str(hf_model), use_safetensors=True)
     cfg = flex_config_from_hf(hf_model.config, **overrides)
     model = FlexBertForMaskedLM(cfg)
     state = {k: v for k, v in hf_model.state_dict().items() if not _is_rotary_buffer(k)}
