@@ -176,3 +176,11 @@ def test_downstream_eval_recipe_errors_name_the_key(overrides, message):
     tiny = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
     with pytest.raises(ConfigError, match=message):
         load_recipe(tiny, ["callbacks.downstream_eval.enabled=true", *overrides])
+
+
+def test_saved_tokenizers_give_no_token_type_ids(data_tokenizer):
+    """ModernBERT's forward takes no token_type_ids; sentence-transformers passes whatever the
+    tokenizer returns, so a published folder's tokenizer must not produce them."""
+    from transformers import AutoTokenizer
+
+    assert list(AutoTokenizer.from_pretrained(str(data_tokenizer))("a b")) == ["input_ids", "attention_mask"]

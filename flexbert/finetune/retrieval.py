@@ -136,7 +136,8 @@ def train(model: Any, task: RetrievalTask, cfg: FinetuneConfig) -> tuple[int, fl
             order = rng.sample(range(len(pairs)), len(pairs))
         batch = [pairs[i] for i in order[:cfg.batch_size]]
         order = order[cfg.batch_size:]
-        features = [_to(model.tokenize([p[k] for p in batch]), model.device) for k in (0, 1)]
+        encode = getattr(model, "preprocess", None) or model.tokenize  # renamed in 5.x
+        features = [_to(encode([p[k] for p in batch]), model.device) for k in (0, 1)]
         loss = loss_fn(features, torch.empty(0))
         loss.backward()
         optimizer.step()
