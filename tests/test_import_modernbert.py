@@ -197,7 +197,7 @@ def losses(folder: Path) -> dict[int, float]:
 
 def plain_load(path: Path) -> dict:
     """CONTRACTS point 2: weights_only plus numpy's array reconstruction."""
-    from flexbert.interop.safe_load import _numpy_globals
+    from flexbert.checkpoint_reader import _numpy_globals
 
     with torch.serialization.safe_globals(_numpy_globals()):
         return torch.load(path, map_location="cpu", weights_only=True)
