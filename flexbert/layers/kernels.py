@@ -207,8 +207,17 @@ def _block_mask(layout: Layout, window: Optional[int]):
 
         partial, full = _block_kinds(doc, window)
         # Pads share document -1 (position 0), so in the padded layout they attend only to each other.
-        return BlockMask.from_kv_blocks(*_ordered(partial), *_ordered(full), BLOCK_SIZE=_FLEX_BLOCK,
-                                        mask_mod=mask_mod, seq_lengths=(doc.shape[1], doc.shape[1]))
+        kv, q = (*_ordered(partial), *_ordered(full)), ()
+        try:  # the query-side lists are the transposed flags (from_kv_blocks rebuilds them slowly)
+            q = (*_ordered(partial.transpose(-1, -2)), *_ordered(full.transpose(-1, -2)))
+            return BlockMask(seq_lengths=(doc.shape[1], doc.shape[1]), kv_num_blocks=kv[0],
+                             kv_indices=kv[1], full_kv_num_blocks=kv[2], full_kv_indices=kv[3],
+                             q_num_blocks=q[0], q_indices=q[1], full_q_num_blocks=q[2],
+                             full_q_indices=q[3], BLOCK_SIZE=(_FLEX_BLOCK, _FLEX_BLOCK),
+                             mask_mod=mask_mod)
+        except TypeError:  # a torch whose BlockMask constructor differs
+            return BlockMask.from_kv_blocks(*kv, BLOCK_SIZE=_FLEX_BLOCK, mask_mod=mask_mod,
+                                            seq_lengths=(doc.shape[1], doc.shape[1]))
 
     return layout.cached(("block_mask", window), build)
 
