@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from flexbert.padding import Layout
+from flexbert.padding import Layout, compile_options
 from flexbert.registry import new_registry
 
 KERNELS = new_registry(
@@ -254,9 +254,16 @@ def _block_kinds(doc: torch.Tensor, window: Optional[int]):
 
 def _ordered(blocks: torch.Tensor):
     """Block flags [R, 1, nq, nk] -> (count per query block, key-block indices listed first)."""
+    # A stable partition by prefix sums: listed blocks first, in order (argsort's result; a sort
+    # per row cost 20x more on CPU).
     flags = blocks.to(torch.int32)
-    order = torch.argsort(flags, dim=-1, descending=True, stable=True)
-    return flags.sum(-1, dtype=torch.int32), order.to(torch.int32)
+    listed = flags.cumsum(-1, dtype=torch.int32)
+    count = listed[..., -1:]
+    rest = count + (1 - flags).cumsum(-1, dtype=torch.int32)
+    dest = torch.where(blocks, listed, rest) - 1
+    cols = torch.arange(flags.shape[-1], dtype=torch.int32, device=flags.device).expand_as(flags)
+    order = torch.empty_like(flags).scatter_(-1, dest.long(), cols)
+    return count.squeeze(-1), order
 
 
 def flex(q, k, v, layout: Layout, window: Optional[int], dropout_p: float) -> torch.Tensor:
@@ -291,9 +298,9 @@ def _flex_fn():
 
 def compiled_flex(backend: str = "inductor"):
     """flex_attention compiled once for every batch: token counts and block counts are symbolic
-    (dynamic=True), so fresh batches reuse one graph per window kind and never reach dynamo's
-    recompile limit (with static shapes each new token count was a new graph)."""
-    return torch.compile(_eager_flex(), dynamic=True, backend=backend)
+    (`compile_options`), so fresh batches reuse one graph per window kind and never reach
+    dynamo's recompile limit (with static shapes each new token count was a new graph)."""
+    return torch.compile(_eager_flex(), backend=backend, **compile_options())
 
 
 @functools.lru_cache(maxsize=None)
