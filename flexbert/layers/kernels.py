@@ -228,9 +228,11 @@ def _block_kinds(doc: torch.Tensor, window: Optional[int]):
     rows, n = doc.shape
     nb = -(-n // _FLEX_BLOCK)
     key = torch.where(doc < 0, _PAD_DOC, doc)
-    tiles = key[:, torch.arange(nb * _FLEX_BLOCK, device=doc.device).clamp(max=n - 1)]
-    tiles = tiles.view(rows, nb, _FLEX_BLOCK)
-    lo, hi = tiles[..., 0], tiles[..., -1]  # non-decreasing: first and last are min and max
+    # Each tile's first and last token (the last tile may be short): document ids never
+    # decrease along a row, so these are the tile's smallest and largest.
+    first = torch.arange(nb, device=doc.device) * _FLEX_BLOCK
+    lo = key.index_select(1, first)
+    hi = key.index_select(1, (first + _FLEX_BLOCK - 1).clamp(max=n - 1))
     lo_q, hi_q, lo_k, hi_k = lo[:, :, None], hi[:, :, None], lo[:, None, :], hi[:, None, :]
     share_doc = (lo_q <= hi_k) & (lo_k <= hi_q)
     one_doc = (lo_q == hi_q) & (hi_q == lo_k) & (lo_k == hi_k)
