@@ -7,8 +7,13 @@ CPU: the small config, fewer documents per set (full lengths unless --long-scale
 the largest batch (doubling until out of memory) that fits for each implementation, as the paper
 did.
 
-Usage: python bench/inference.py [--quick] [--set-tokens 32768] [--reps 3] [--long-scale 1]
-Writes bench/results/inference.{json,md,png} (inference_gpu.* on CUDA) and docs/performance.md.
+Every timed pass draws a fresh set of documents (new lengths, so new layouts and masks), as
+serving does; `--cycle N` reuses N sets instead. Per set: the speed-up over transformers, the FLOP
+ratio (`executed_flops`) and their quotient, the per-FLOP efficiency.
+
+Usage: python bench/inference.py [--quick] [--save | --out DIR] [--cycle N] [--reps 3]
+Only --save writes bench/results/inference.{json,md,png} (inference_gpu.* on CUDA) and
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -72,36 +77,47 @@ def run_set(case: C.LengthCase, encoders: dict, args, device, tree: dict) -> dic
     gen = torch.Generator().manual_seed(zlib.crc32(case.name.encode()))
     mean_len = case.mean / case.scale
     n_docs = args.docs or max(2, round(args.set_tokens / mean_len))
-    lengths = case.sample(n_docs, gen)
+    draws = [case.sample(n_docs, gen) for _ in range(args.cycle or args.reps + 1)]  # +1: warm-up
     if device.type == "cuda":
-        sizes = {n: largest_batch(e, lengths, tree, gen, device) for n, e in encoders.items()}
+        sizes = {n: largest_batch(e, draws[0], tree, gen, device) for n, e in encoders.items()}
     else:
         per = max(1, round(args.batch_tokens / mean_len))
         sizes = {n: per for n in encoders}
-    sets = {n: batches_of(lengths, sizes[n], tree, gen, device) for n in encoders}
+    sets = [{n: batches_of(lengths, sizes[n], tree, gen, device) for n in encoders} for lengths in draws]
 
     def runner(name):
-        def run(_):
+        def run(i):
             with torch.inference_mode():
-                for b in sets[name]:
+                for b in sets[i % len(sets)][name]:
                     encoders[name](b)
         return run
 
     def one_batch(name):
         with torch.inference_mode():
-            encoders[name](sets[name][0])
+            encoders[name](sets[0][name][0])
 
-    for name in encoders:  # warm-up on one batch each
-        one_batch(name)
-    times = C.alternate({n: runner(n) for n in encoders}, args.reps, 0, device)
-    total = sum(lengths)
+    times = C.alternate({n: runner(n) for n in encoders}, args.reps, 1, device)
+    timed = [draws[i % len(draws)] for i in range(1, args.reps + 1)]
     result = {"set": case.name, "lengths": case.describe(), "documents": n_docs,
-              "real_tokens": total, "impls": {}}
+              "real_tokens": round(statistics.mean(map(sum, timed)))}
     result["impls"] = C.summarize_impls(
-        times, [total] * args.reps, lambda name: C.peak_memory(lambda: one_batch(name), device))
+        times, [sum(x) for x in timed], lambda name: C.peak_memory(lambda: one_batch(name), device))
     for name, stats in result["impls"].items():
         stats["batch_docs"] = sizes[name]
+    cfg = C.model_cfg(tree)
+    ratios = [_set_flops(cfg, x, sizes["transformers"], "transformers")
+              / _set_flops(cfg, x, sizes["flexbert unpadded"], "flexbert unpadded") for x in timed]
+    speedups = [a / b for a, b in zip(times["transformers"], times["flexbert unpadded"])]
+    result["flop_ratio"] = round(statistics.median(ratios), 3)
+    result["speedup"] = round(statistics.median(speedups), 3)
+    result["efficiency"] = round(statistics.median(s / r for s, r in zip(speedups, ratios)), 3)
     return result
+
+
+def _set_flops(cfg, lengths: list[int], batch: int, impl: str) -> float:
+    """Executed FLOPs over a whole set, batch by batch (no masked tokens: encoder only)."""
+    return sum(C.executed_flops(cfg, lengths[i:i + batch], 0, impl)
+               for i in range(0, len(lengths), batch))
 
 
 def markdown(payload: dict) -> str:
@@ -118,12 +134,19 @@ def markdown(payload: dict) -> str:
         "### Inference (encoder forward, the paper's four sets)", "",
         f"Machine: {C.machine_line(payload['machine'])}.", "",
         f"Model: {payload['model']}; FlexBERT kernel `{payload['kernel']}`, transformers attention "
-        f"`{payload['hf_attention']}`. {st['reps']} timed passes over each whole set per "
-        "implementation, interleaved, after one warm-up batch. Thousands of real tokens/s.", "",
+        f"`{payload['hf_attention']}`. {st['reps']} timed passes over a whole set per "
+        "implementation, interleaved, after one warm-up pass; "
+        + (f"{st['cycle']} sets cycled" if st.get("cycle") else "a fresh set of documents per pass")
+        + ". Thousands of real tokens/s.", "",
         C.table(["set", "implementation", "k tokens/s (median)", "min-max", "IQR",
                  "vs transformers", "batch (docs)", "peak mem MiB (one batch)"], rows), "",
+        "Per-FLOP efficiency of FlexBERT unpadded (medians over the passes; executed FLOPs from "
+        "`executed_flops`):", "",
+        C.table(["set", "speed-up vs transformers", "FLOP ratio", "efficiency"],
+                [[r["set"], f"{r['speedup']:.2f}x", f"{r['flop_ratio']:.2f}x", f"{r['efficiency']:.2f}"]
+                 for r in payload["sets"]]), "",
         "Sets: " + "; ".join(f"{r['set']} = {r['documents']} documents, {r['lengths']} "
-                             f"({r['real_tokens']:,} tokens)" for r in payload["sets"]) + ".",
+                             f"(about {r['real_tokens']:,} tokens)" for r in payload["sets"]) + ".",
         f"Batch: {payload['batching']}. Peak memory: {payload['memory_method']}.",
     ]
     return "\n".join(lines)
@@ -138,7 +161,9 @@ def main() -> None:
     p.add_argument("--batch-tokens", type=int, default=8192, help="CPU: about this many tokens per batch")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--long-scale", type=int, default=0, help="divide 8192 lengths (default 1: none)")
-    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--cycle", type=int, default=0,
+                   help="reuse this many document sets (0, the default: a fresh set every pass)")
+    C.add_output_args(p)
     args = p.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -163,7 +188,7 @@ def main() -> None:
                             f"a fixed {args.batch_tokens} tokens' worth of documents (at the mean "
                             "length) per batch, one document per row padded to the longest"),
                "settings": {k: getattr(args, k) for k in ("set_tokens", "docs", "batch_tokens",
-                                                           "reps", "long_scale", "quick")},
+                                                           "reps", "long_scale", "quick", "cycle")},
                "memory_method": C.MEMORY_METHOD[device.type], "sets": []}
     for case in C.paper_cases(args.long_scale):
         result = run_set(case, encoders, args, device, tree)
@@ -172,15 +197,11 @@ def main() -> None:
                           for k, v in result["impls"].items()}, flush=True)
     md = markdown(payload)
     print(md)
-    if args.no_write or args.quick:
-        return
     name = "inference_gpu" if cuda else "inference"
-    C.write_results(name, payload, md)
     where = payload["machine"].get("gpu") or payload["machine"]["cpu"]
-    C.plot(name, f"Inference tokens/s, {where}", [r["set"] for r in payload["sets"]],
-           {n: [r["impls"][n]["tokens_per_s"] for r in payload["sets"]] for n in IMPLS})
-    C.update_doc(name, md)
-
+    C.save_results(args, name, payload, md, name, lambda: C.plot(
+        name, f"Inference tokens/s, {where}", [r["set"] for r in payload["sets"]],
+        {n: [r["impls"][n]["tokens_per_s"] for r in payload["sets"]] for n in IMPLS}))
 
 if __name__ == "__main__":
     main()

@@ -18,18 +18,18 @@ H100_BF16_PEAK = 989.4e12  # dense bf16 FLOP/s, H100 SXM
 
 
 def _packed(rows: int, row_len: int, lengths: list[int]) -> dict:
-    """Documents packed left-aligned into rows (the collator's form), with its indices."""
+    """Documents packed left-aligned into full rows (the collator's form; a document that does
+    not fit is cut, the rest dropped), with the collator's `indices`."""
     ids = torch.zeros(rows, row_len, dtype=torch.long)
     mask, pos = torch.zeros_like(ids), torch.zeros_like(ids)
-    row, col, placed = 0, 0, []
+    placed, free = [], [row_len] * rows
     for n in lengths:
-        n = min(n, row_len)
-        if col + n > row_len:
-            row, col = row + 1, 0
-        if row == rows:
+        row = next((r for r in range(rows) if free[r] > 0), None)
+        if row is None:
             break
+        n, col = min(n, free[row]), row_len - free[row]
         mask[row, col:col + n], pos[row, col:col + n] = 1, torch.arange(n)
-        col += n
+        free[row] -= n
         placed.append(n)
     cu = torch.tensor([0] + placed).cumsum(0).int()
     return {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "cu_seqlens": cu,
@@ -38,7 +38,7 @@ def _packed(rows: int, row_len: int, lengths: list[int]) -> dict:
 
 def _batches() -> dict[str, dict]:
     gen = torch.Generator().manual_seed(0)
-    short = C.LengthCase("v", 256, 64, 16, 512).sample(64, gen)
+    short = C.LengthCase("v", 256, 64, 16, 512).sample(64, gen)  # > 8 x 1024 tokens
     long = C.LengthCase("v", 4096, 1024, 16, 8192).sample(4, gen)
     return {"8 x 1024 packed": _packed(8, 1024, short), "1 x 8192": _packed(1, 8192, long)}
 

@@ -60,7 +60,8 @@ def _stepper(model, opt):
 def run_case(case: C.LengthCase, steps: dict, args, device) -> dict:
     gen = torch.Generator().manual_seed(zlib.crc32(case.name.encode()))
     mean_len = case.mean / case.scale
-    docs = max(2, round(args.tokens / mean_len))  # two documents at least, so padding exists
+    tokens = args.long_tokens if case.mean > 512 else args.tokens
+    docs = max(2, round(tokens / mean_len))  # two documents at least, so padding exists
     distinct = args.cycle or args.warmup + args.reps  # fresh: one new batch per call
     batches = [C.padded_batch(case.sample(docs, gen), C.SMALL["vocab_size"], C.SMALL["pad_token_id"],
                               gen, mlm_prob=0.3, mask_id=C.SMALL["mask_token_id"])
@@ -112,7 +113,8 @@ def markdown(payload: dict) -> str:
         f"heads, GeGLU intermediate {cfg['mlp']['intermediate_size']}, vocab {cfg['vocab_size']}, local "
         f"window {cfg['attention']['local_window']} with every {cfg['attention']['global_every_n_layers']}rd "
         f"layer global, fp32, FlexBERT kernel `{cfg['attention']['kernel']}`; 30% MLM masking, sparse "
-        f"prediction on both sides. About {payload['settings']['tokens']} real tokens per batch, one "
+        f"prediction on both sides. About {payload['settings']['tokens']} real tokens per batch (variable 8192 cases: "
+        f"{payload['settings'].get('long_tokens', payload['settings']['tokens'])}), one "
         f"document per row padded to the batch's longest; {_batches_line(payload['settings'])}; "
         f"{payload['settings']['warmup']} warm-up and {payload['settings']['reps']} timed steps per "
         "implementation, interleaved (every implementation gets the same batch at each step).", "",
@@ -131,7 +133,7 @@ def markdown(payload: dict) -> str:
         C.table(["case", "speed-up vs transformers", "FLOP ratio", "efficiency"],
                 [[r["case"], f"{r['speedup']:.2f}x", f"{r['flop_ratio']:.2f}x", f"{r['efficiency']:.2f}"]
                  for r in payload["cases"]]), "",
-        f"Case lengths: " + "; ".join(f"{r['case']} = {r['lengths']} ({r['docs_per_batch']} docs, "
+        "Case lengths: " + "; ".join(f"{r['case']} = {r['lengths']} ({r['docs_per_batch']} docs, "
                                       f"{r['mean_real_tokens_per_batch']:,} real of "
                                       f"{r['mean_padded_tokens_per_batch']:,} padded tokens per batch)"
                                       for r in payload["cases"]) + ".",
@@ -150,18 +152,23 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: small batches, 2 reps")
     p.add_argument("--tokens", type=int, default=4096, help="real tokens per batch (about)")
-    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--reps", type=int, default=7, help="timed steps per implementation (>= 6 "
+                   "for the issue-16 medians)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--cycle", type=int, default=0,
                    help="cycle this many distinct batches (0, the default: a fresh batch every step)")
-    p.add_argument("--long-scale", type=int, nargs="+", default=[1, 2, 4],
+    p.add_argument("--long-tokens", type=int, default=8192,
+                   help="real tokens per batch (about) of the variable-8192 cases: at / 2 that is "
+                        "4 documents of normal(2048, 512)")
+    p.add_argument("--only", nargs="+", default=None, help="run only these cases (by name)")
+    p.add_argument("--long-scale", type=int, nargs="+", default=[1, 2],
                    help="divide the variable-8192 case's lengths by each of these (1: unscaled)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-mask-costs", action="store_true", help="skip the block-mask timings")
     C.add_output_args(p)
     args = p.parse_args()
     if args.quick:
-        args.tokens, args.reps, args.warmup, args.long_scale = 1024, 2, 1, [8]
+        args.tokens, args.long_tokens, args.reps, args.warmup, args.long_scale = 1024, 1024, 2, 1, [8]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
@@ -170,10 +177,12 @@ def main() -> None:
 
     payload = {"benchmark": "train_step", "machine": C.machine(device),
                "config": OmegaConf.to_container(OmegaConf.create(C.SMALL)),
-               "settings": {k: getattr(args, k) for k in ("tokens", "reps", "warmup", "cycle",
+               "settings": {k: getattr(args, k) for k in ("tokens", "long_tokens", "reps", "warmup", "cycle",
                                                            "long_scale", "quick")},
                "memory_method": C.MEMORY_METHOD[device.type], "cases": []}
     for case in cases(args.long_scale):
+        if args.only and case.name not in args.only:
+            continue
         result = run_case(case, steps, args, device)
         payload["cases"].append(result)
         print(case.name, {k: (v["tokens_per_s"], v["ratio_vs_transformers"])
@@ -186,7 +195,7 @@ def main() -> None:
     if "mask_costs" in payload:
         md += "\n\n" + mask_costs_markdown(payload["mask_costs"])
     print(md)
-    C.save_outputs(args, "train_step", payload, md, lambda: C.plot(
+    C.save_results(args, "train_step", payload, md, "train_step", lambda: C.plot(
         "train_step", f"Training step tokens/s, {payload['machine']['cpu']}",
         [r["case"] for r in payload["cases"]],
         {name: [r["impls"][name]["tokens_per_s"] for r in payload["cases"]] for name in IMPLS}))

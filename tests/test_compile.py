@@ -18,7 +18,7 @@ from torch._dynamo.utils import counters
 from flexbert.data import DataConfig, StreamConfig, build_data_spec, build_pretraining_dataloader
 from flexbert.layers.kernels import compiled_flex, flex_cpu_backward
 from flexbert.model import FlexBertForMaskedLM
-from flexbert.padding import COMPILE_OPTIONS, describe_batch
+from flexbert.padding import compile_options, describe_batch
 from helpers import tiny_config
 
 STEPS, ROWS, SEQ = 12, 4, 128
@@ -83,12 +83,12 @@ def test_training_steps_from_the_loader_compile_at_most_three_graphs(short_docs)
                       train_dataloader=build_data_spec(
                           build_pretraining_dataloader(short_docs, device_batch_size=ROWS)),
                       optimizers=torch.optim.AdamW(model.parameters(), lr=1e-3),
-                      compile_config={**COMPILE_OPTIONS, "backend": counter}, loggers=[],
+                      compile_config={**compile_options(), "backend": counter}, loggers=[],
                       device_train_microbatch_size=ROWS)
     trainer.fit()
     assert int(trainer.state.timestamp.batch) == STEPS
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
-    assert 1 <= counter.graphs <= 3
+    assert 1 <= counter.graphs <= 3  # 1 here; 36 with static shapes (docs/performance.md)
 
 
 def test_standalone_compiled_flex_does_not_compile_per_shape():
@@ -107,15 +107,15 @@ def test_standalone_compiled_flex_does_not_compile_per_shape():
         for window in (None, 16):
             attend(q, q, q, block_mask=_block_mask(layout, window))
         graphs.append(counter.graphs)
-    # One graph per window kind; a second one each where the first trace tied the block count
-    # to an equal static size (heads here), after which it is symbolic too. Then no more: the
-    # recompile limit (8) is never reached.
-    assert graphs[-1] <= 4 and graphs[5] == graphs[-1]
+    assert graphs[-1] <= 2  # one per window kind: far from the recompile limit (8)
 
 
 def test_trainer_compile_uses_the_dynamic_options():
     from flexbert.train.builder import gpu_only
     from flexbert.train.config import TrainerConfig
 
+    import torch.fx.experimental._config as fx_config
+
     kwargs = gpu_only(TrainerConfig(compile=True, compile_on_cpu=True), "cpu")
-    assert kwargs["compile_config"] == COMPILE_OPTIONS and COMPILE_OPTIONS["dynamic"] is True
+    assert kwargs["compile_config"] == compile_options() == {"dynamic": True}
+    assert fx_config.use_duck_shape is False

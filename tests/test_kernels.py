@@ -216,3 +216,7 @@ def test_flex_block_mask_equals_create_block_mask(layout_name, window):
                      for m in (ours, ref))
         assert torch.equal(got, want), kind
     assert ours.shape == ref.shape
+    for kind in ("q", "full_q"):  # the backward's lists
+        got, want = (_dense_blocks(getattr(m, f"{kind}_num_blocks"), getattr(m, f"{kind}_indices"))
+                     for m in (ours, ref))
+        assert torch.equal(got, want), kind

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from flexbert.padding import Layout
+from flexbert.padding import Layout, compile_options
 from flexbert.registry import new_registry
 
 KERNELS = new_registry(
@@ -207,8 +207,17 @@ def _block_mask(layout: Layout, window: Optional[int]):
 
         partial, full = _block_kinds(doc, window)
         # Pads share document -1 (position 0), so in the padded layout they attend only to each other.
-        return BlockMask.from_kv_blocks(*_ordered(partial), *_ordered(full), BLOCK_SIZE=_FLEX_BLOCK,
-                                        mask_mod=mask_mod, seq_lengths=(doc.shape[1], doc.shape[1]))
+        kv, q = (*_ordered(partial), *_ordered(full)), ()
+        try:  # the query-side lists are the transposed flags (from_kv_blocks rebuilds them slowly)
+            q = (*_ordered(partial.transpose(-1, -2)), *_ordered(full.transpose(-1, -2)))
+            return BlockMask(seq_lengths=(doc.shape[1], doc.shape[1]), kv_num_blocks=kv[0],
+                             kv_indices=kv[1], full_kv_num_blocks=kv[2], full_kv_indices=kv[3],
+                             q_num_blocks=q[0], q_indices=q[1], full_q_num_blocks=q[2],
+                             full_q_indices=q[3], BLOCK_SIZE=(_FLEX_BLOCK, _FLEX_BLOCK),
+                             mask_mod=mask_mod)
+        except TypeError:  # a torch whose BlockMask constructor differs
+            return BlockMask.from_kv_blocks(*kv, BLOCK_SIZE=_FLEX_BLOCK, mask_mod=mask_mod,
+                                            seq_lengths=(doc.shape[1], doc.shape[1]))
 
     return layout.cached(("block_mask", window), build)
 
@@ -219,9 +228,11 @@ def _block_kinds(doc: torch.Tensor, window: Optional[int]):
     rows, n = doc.shape
     nb = -(-n // _FLEX_BLOCK)
     key = torch.where(doc < 0, _PAD_DOC, doc)
-    tiles = key[:, torch.arange(nb * _FLEX_BLOCK, device=doc.device).clamp(max=n - 1)]
-    tiles = tiles.view(rows, nb, _FLEX_BLOCK)
-    lo, hi = tiles[..., 0], tiles[..., -1]  # non-decreasing: first and last are min and max
+    # Each tile's first and last token (the last tile may be short): document ids never
+    # decrease along a row, so these are the tile's smallest and largest.
+    first = torch.arange(nb, device=doc.device) * _FLEX_BLOCK
+    lo = key.index_select(1, first)
+    hi = key.index_select(1, (first + _FLEX_BLOCK - 1).clamp(max=n - 1))
     lo_q, hi_q, lo_k, hi_k = lo[:, :, None], hi[:, :, None], lo[:, None, :], hi[:, None, :]
     share_doc = (lo_q <= hi_k) & (lo_k <= hi_q)
     one_doc = (lo_q == hi_q) & (hi_q == lo_k) & (lo_k == hi_k)
@@ -245,9 +256,16 @@ def _block_kinds(doc: torch.Tensor, window: Optional[int]):
 
 def _ordered(blocks: torch.Tensor):
     """Block flags [R, 1, nq, nk] -> (count per query block, key-block indices listed first)."""
+    # A stable partition by prefix sums: listed blocks first, in order (argsort's result; a sort
+    # per row cost 20x more on CPU).
     flags = blocks.to(torch.int32)
-    order = torch.argsort(flags, dim=-1, descending=True, stable=True)
-    return flags.sum(-1, dtype=torch.int32), order.to(torch.int32)
+    listed = flags.cumsum(-1, dtype=torch.int32)
+    count = listed[..., -1:]
+    rest = count + (1 - flags).cumsum(-1, dtype=torch.int32)
+    dest = torch.where(blocks, listed, rest) - 1
+    cols = torch.arange(flags.shape[-1], dtype=torch.int32, device=flags.device).expand_as(flags)
+    order = torch.empty_like(flags).scatter_(-1, dest.long(), cols)
+    return count.squeeze(-1), order
 
 
 def flex(q, k, v, layout: Layout, window: Optional[int], dropout_p: float) -> torch.Tensor:
@@ -282,9 +300,9 @@ def _flex_fn():
 
 def compiled_flex(backend: str = "inductor"):
     """flex_attention compiled once for every batch: token counts and block counts are symbolic
-    (dynamic=True), so fresh batches reuse one graph per window kind and never reach dynamo's
-    recompile limit (with static shapes each new token count was a new graph)."""
-    return torch.compile(_eager_flex(), dynamic=True, backend=backend)
+    (`compile_options`), so fresh batches reuse one graph per window kind and never reach
+    dynamo's recompile limit (with static shapes each new token count was a new graph)."""
+    return torch.compile(_eager_flex(), backend=backend, **compile_options())
 
 
 @functools.lru_cache(maxsize=None)

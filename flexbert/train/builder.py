@@ -14,7 +14,7 @@ from composer.loggers import WandBLogger
 from composer.utils import dist, maybe_create_object_store_from_uri, parse_uri, reproducibility
 
 from flexbert.checkpoint_reader import guard_composer_loads
-from flexbert.padding import COMPILE_OPTIONS
+from flexbert.padding import compile_options
 from flexbert.train import data as train_data
 from flexbert.train.callbacks import (GradNorm, MetricsJSONL, PackingEfficiency, Throughput,
                                       device_peak_flops, flops_per_token)
@@ -49,7 +49,7 @@ def gpu_only(cfg: TrainerConfig, device: str) -> dict[str, Any]:
     (compile on CPU unless asked, FSDP version 1 on CPU)."""
     kwargs: dict[str, Any] = {}
     if cfg.compile and (device == "gpu" or cfg.compile_on_cpu):
-        kwargs["compile_config"] = dict(COMPILE_OPTIONS)
+        kwargs["compile_config"] = compile_options()
     elif cfg.compile:
         log.warning("trainer.compile is on but the device is CPU; set trainer.compile_on_cpu=true "
                     "to compile anyway")
