@@ -181,9 +181,9 @@ class DownstreamEval(Callback):
 
 
 def _tokenizer(info: dict) -> Any:
-    from flexbert.train.publish import _existing_dir, load_tokenizer
+    from flexbert.train.publish import existing_dir, load_tokenizer
 
-    return load_tokenizer(_existing_dir(info.get("tokenizer")))
+    return load_tokenizer(existing_dir(info.get("tokenizer")))
 
 
 def _is_metrics_jsonl(destination: Any) -> bool:
