@@ -138,3 +138,19 @@ def test_documented_commands_run(main_job, monkeypatch, capsys):
     assert AutoTokenizer.from_pretrained(run / "model").mask_token == "[MASK]"  # from-hf kept it
     assert AutoTokenizer.from_pretrained(run / "hf-again").mask_token == "[MASK]"
     assert not (fresh / "bench" / "results").exists(), "a --quick bench wrote results"
+
+
+def test_readme_commands_run_a_second_time(main_job):
+    """The same two commands again, as a user re-running the README does: the sample corpus is
+    reused and the finished run is reported as finished (exit 0, pointing at its outputs)."""
+    fresh, _ = main_job
+    before = (fresh / "runs" / "flexbert-tiny" / "metrics.jsonl").read_text()
+    again = shell(SAMPLE, fresh)
+    assert again.returncode == 0, again.stdout[-2000:]
+    log = fresh / "train-again.log"
+    proc = shell(f"{MAIN_JOB} max_duration=24ba eval_interval=200ba", fresh, log)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert "already finished" in text and "runs/flexbert-tiny/hf" in text, text
+    assert "Traceback" not in text and len(text.encode()) < 2_000, text
+    assert (fresh / "runs" / "flexbert-tiny" / "metrics.jsonl").read_text() == before
