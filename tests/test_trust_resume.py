@@ -79,9 +79,10 @@ def test_other_data_or_tokenizer_is_refused(sample_corpus, run, tmp_path, capsys
     err = capsys.readouterr().err
     assert "data.streams.main.train_index" in err and "tokenizer_sha256" not in err
     tok = json.loads((sample_corpus / "tokenizer" / "tokenizer.json").read_text())
-    vocab = tok["model"]["vocab"]  # one ordinary token renamed: same size and special ids
-    name = next(k for k, v in vocab.items() if v == len(vocab) - 1)
-    vocab["zz-not-a-token"] = vocab.pop(name)
+    vocab = tok["model"]["vocab"]  # two ordinary tokens swap ids: same size and special ids
+    last, before = (next(k for k, v in vocab.items() if v == i)
+                    for i in (len(vocab) - 1, len(vocab) - 2))
+    vocab[last], vocab[before] = vocab[before], vocab[last]
     (other / "tokenizer" / "tokenizer.json").write_text(json.dumps(tok))
     assert main(args(other, run, "max_duration=6ba", "autoresume=true")) == 2
     assert "tokenizer_sha256" in capsys.readouterr().err
