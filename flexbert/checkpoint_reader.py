@@ -65,11 +65,13 @@ def safe_globals() -> list:
     return [datetime.timedelta, TorchVersion, *_numpy_globals()]
 
 
-def _unsafe_message(path: str, err: Exception) -> str:
-    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+def _global_named(err: Exception) -> str:
     found = re.search(r"GLOBAL ([\w.]+)", str(err))  # torch names the offending global
-    if found:
-        detail = f"it references {found.group(1)}"
+    return f"it references {found.group(1)}" if found else _first_line(err)
+
+
+def _unsafe_message(path: str, err: Exception) -> str:
+    detail = _global_named(err)
     return (f"{path}: refusing to load: the file needs arbitrary unpickling, which can run code "
             f"({detail}); if you trust where it came from, set {TRUST_KEY}=true "
             f"(or pass {TRUST_FLAG})")
@@ -79,7 +81,8 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False, mmap: bool = T
     """The whole dict of a Composer `.pt` (`state`, `rng`), loaded safely; memory-mapped unless
     the tensors will be trained on in place (`mmap=False`).
 
-    `trust=True` is the user's explicit opt-in to full unpickling (older or foreign files)."""
+    `trust=True` is the user's explicit opt-in for older or foreign files: they load with every
+    class outside the allowlist replaced by an inert `Stub` (still weights-only, no code runs)."""
     path = str(path)
     if not os.path.isfile(path):
         what = "a dangling link" if os.path.islink(path) else "no such file"
@@ -89,14 +92,44 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False, mmap: bool = T
                                    "directory at its end)")
     try:
         if trust:
-            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+            return load_with_stubs(path, mmap)
         with torch.serialization.safe_globals(safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
+        if trust:  # torch blocks modules such as os/posix/subprocess even when allowlisted
+            raise UnsafeCheckpoint(f"{path}: refusing to load even with {TRUST_KEY}: "
+                                   f"{_global_named(err)}, which can run code") from None
         raise UnsafeCheckpoint(_unsafe_message(path, err)) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise UnreadableCheckpoint(f"{path}: truncated or corrupted checkpoint "
                                    f"({_first_line(err)})") from None
+
+
+class Stub:
+    """Stands in for a class or function a trusted checkpoint names but we never import: keeps
+    what the unpickler hands it as data and does nothing else."""
+
+    origin = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<stub for {self.origin}>"
+
+
+def load_with_stubs(path: str | os.PathLike, mmap: bool = False) -> Any:
+    """torch.load with weights_only=True, where every global outside `safe_globals()` resolves
+    to its own `Stub` subclass: a foreign file loads, and none of its code is imported or run."""
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in safe_globals()}
+    names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+             if n not in allowed]
+    stubs = [(type(n.rsplit(".", 1)[-1], (Stub,), {"origin": n}), n) for n in names]
+    with torch.serialization.safe_globals([*safe_globals(), *stubs]):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def guard_composer_loads(trust: bool = False) -> None:

@@ -68,11 +68,29 @@ def test_training_refuses_it(evil, sample_corpus, tmp_path, capsys, extra):
     assert not list((tmp_path / "run").glob("*.pt")) if (tmp_path / "run").exists() else True
 
 
-def test_trust_opt_in_loads_it(evil):
-    """The explicit opt-in is the only way through (and then it does run the code)."""
-    path, marker = evil
-    load_checkpoint(path, trust=True)
-    assert marker.exists()
+class Foreign:
+    """A class of another code base: with the opt-in it loads as an inert stub."""
+
+    def __init__(self):
+        self.value = 3
+
+
+def test_trust_opt_in_loads_foreign_classes_as_stubs_and_never_runs_code(evil, tmp_path):
+    from flexbert.checkpoint_reader import Stub
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state": {"model": {"model.x": torch.ones(2)}, "callbacks": {"x": Foreign()}}},
+               foreign)
+    with pytest.raises(UnsafeCheckpoint, match="trust_checkpoint=true"):
+        load_checkpoint(foreign)
+    state = load_checkpoint(foreign, trust=True)["state"]
+    stub = state["callbacks"]["x"]
+    assert isinstance(stub, Stub) and stub.origin.endswith(".Foreign")
+    assert stub.state == {"value": 3} and torch.equal(state["model"]["model.x"], torch.ones(2))
+    path, marker = evil  # a global from a module that runs code is refused even when trusted
+    with pytest.raises(UnsafeCheckpoint, match=r"even with trust_checkpoint.*posix\.system"):
+        load_checkpoint(path, trust=True)
+    assert not marker.exists()
 
 
 def test_truncated_and_empty_checkpoints_are_named(tmp_path, sample_corpus, capsys):

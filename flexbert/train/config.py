@@ -169,7 +169,7 @@ class RecipeConfig:
     load_strict: bool = True
     load_ignore_keys: list[str] = field(default_factory=list)
     reset_time: bool = False                # a new phase restarts the time counters
-    trust_checkpoint: bool = False          # allow checkpoints that need full unpickling (can run code)
+    trust_checkpoint: bool = False          # foreign classes load as inert stubs (never run)
     model: Any = None                       # {preset: model/x.yaml, <ModelConfig overrides>}
     data: Any = None                        # flexbert.data's DataConfig (validated there)
     batch: BatchConfig = field(default_factory=BatchConfig)
