@@ -59,7 +59,7 @@ def flash_attn_installed() -> bool:
 
 def best_kernel() -> str:
     """The fastest FlexBERT kernel usable here: flash-attn, then FlexAttention, then SDPA."""
-    from flexbert.layers import KERNELS
+    from flexbert.model import KERNELS
 
     for name in ("flash_attn", "flex", "varlen_attn", "sdpa"):
         if KERNELS.get(name).available() is None:
@@ -71,7 +71,7 @@ def model_cfg(tree: dict, **overrides: Any):
     """A validated ModelConfig from a preset plus dotted overrides ("attention.kernel": "flex")."""
     from omegaconf import OmegaConf
 
-    from flexbert.config import model_config
+    from flexbert.model import model_config
 
     cfg = OmegaConf.create(tree)
     for key, value in overrides.items():
@@ -81,7 +81,7 @@ def model_cfg(tree: dict, **overrides: Any):
 
 def flex_and_hf(tree: dict, padding: str = "unpadded", **overrides: Any):
     """A FlexBERT MLM model and transformers' ModernBertForMaskedLM (sdpa) with identical weights."""
-    from flexbert.hf import to_transformers
+    from flexbert.io.hf import to_transformers
     from flexbert.model import FlexBertForMaskedLM
 
     torch.manual_seed(0)

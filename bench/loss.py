@@ -24,7 +24,7 @@ CASES = [("small, 4096 tokens", 1229, 8192), ("base, 4096 tokens", 1229, 50368),
 
 
 def impls(logits: torch.Tensor, targets: torch.Tensor) -> dict:
-    from flexbert.layers.loss import chunked_cross_entropy
+    from flexbert.model.loss import chunked_cross_entropy
 
     def run(loss_fn):
         def step(_rep: int = 0) -> None:

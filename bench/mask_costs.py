@@ -56,8 +56,8 @@ def _median_ms(fn, reps: int) -> float:
 def mask_costs(reps: int = 5) -> list[dict]:
     from torch.nn.attention.flex_attention import create_block_mask
 
-    from flexbert.layers.kernels import _allowed, _block_mask
-    from flexbert.padding import describe_batch
+    from flexbert.model.attention.kernels import _allowed, _block_mask
+    from flexbert.model.attention.layout import describe_batch
 
     cfg = C.model_cfg(C.BASE)
     window = cfg.attention.local_window // 2

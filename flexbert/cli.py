@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
+from flexbert.commands import COMMANDS, command  # noqa: F401  (`command`: plugins add theirs)
 
-
-def command(name: str, help_text: str, add_args: Callable[[argparse.ArgumentParser], None]):
-    """Register a subcommand; other modules can add theirs the same way."""
-
-    def wrap(fn: Callable) -> Callable:
-        COMMANDS[name] = (help_text, add_args, fn)
-        return fn
-
-    return wrap
+# Each room registers its subcommands in flexbert.commands; this module only runs them.
+ROOMS_WITH_COMMANDS = ("flexbert.io.commands", "flexbert.sweep", "flexbert.finetune",
+                       "flexbert.train.planning.plan", "flexbert.interop.modernbert",
+                       "flexbert.evaluation")
 
 
 def _no_args(parser: argparse.ArgumentParser) -> None:
@@ -30,10 +25,14 @@ def _no_args(parser: argparse.ArgumentParser) -> None:
 @command("components", "list every registry (model parts, optimizers, schedulers, callbacks, "
          "algorithms) and its entries, plugins included", _no_args)
 def components(args: argparse.Namespace) -> int:
-    from flexbert.components import load_all_components
+    import flexbert.model  # noqa: F401  (registers the model families)
+    import flexbert.train.optim  # noqa: F401  (the training families: optimizers,)
+    import flexbert.train.registries  # noqa: F401  (named callbacks and algorithms,)
+    import flexbert.train.schedules  # noqa: F401  (schedulers)
+    from flexbert.plugins import load_entry_point_plugins
     from flexbert.registry import ALL
 
-    load_all_components()
+    load_entry_point_plugins()
     for family in sorted(ALL):
         registry = ALL[family]
         print(f"{family}  ({registry.contract})")
@@ -76,7 +75,7 @@ def _save_tokenizer(tokenizer, out) -> str:
 @command("from-hf", "transformers ModernBERT folder or hub name -> FlexBERT model directory",
          _convert_args)
 def from_hf(args: argparse.Namespace) -> int:
-    from flexbert.hf import from_transformers, save_flexbert
+    from flexbert.io.hf import from_transformers, save_flexbert
 
     out = save_flexbert(from_transformers(args.src), args.out)
     note = _save_tokenizer(_source_tokenizer(args.src), out)
@@ -86,7 +85,7 @@ def from_hf(args: argparse.Namespace) -> int:
 
 @command("to-hf", "FlexBERT model directory -> transformers ModernBERT folder", _convert_args)
 def to_hf(args: argparse.Namespace) -> int:
-    from flexbert.hf import load_flexbert, save_hf
+    from flexbert.io.hf import load_flexbert, save_hf
 
     out = save_hf(load_flexbert(args.src), args.out)
     note = _save_tokenizer(_source_tokenizer(args.src), out)
@@ -113,8 +112,8 @@ def _load_plugins() -> None:
     """Import modules that register further subcommands (training, publishing, sweeps)."""
     import importlib
 
-    for module in ("flexbert.train.commands", "flexbert.sweep", "flexbert.finetune",
-                   "flexbert.train.plan", "flexbert.interop.modernbert", "flexbert.evaluation"):
+    for module in ("flexbert.io.commands", "flexbert.sweep", "flexbert.finetune",
+                   "flexbert.train.planning.plan", "flexbert.interop.modernbert", "flexbert.evaluation"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:

@@ -1,8 +1,9 @@
-"""Typed model configuration: YAML -> structured OmegaConf -> validated dataclasses.
+"""Typed model configuration (schema only): YAML -> structured OmegaConf dataclasses.
 
 The YAML tree mirrors the module tree (model.attention, model.mlp, ...). Unknown keys and wrong
-types are caught by OmegaConf's structured merge; cross-field rules live in `validate_model_config`
-so every error names the config path before anything is built.
+types are caught here by OmegaConf's structured merge; the rules that need the implementations
+(registered names, kernel/layout pairs) live in flexbert.model.config_check, whose
+`model_config` / `load_model_config` are the loaders to call.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from flexbert.errors import ConfigError  # noqa: F401  (re-exported: raised by every loader)
 
 
 @dataclass
@@ -128,10 +131,6 @@ class ModelConfig:
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
-class ConfigError(ValueError):
-    """A config that cannot be built; the message names the YAML path and what was expected."""
-
-
 def structured(schema: type, data: Any, source: str, prefix: str = "") -> Any:
     """Merge `data` onto the dataclass `schema`, turning OmegaConf's errors into ConfigError."""
     base = OmegaConf.structured(schema)
@@ -174,96 +173,12 @@ def load_yaml(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
-def model_config(data: Any, source: str = "<config>", prefix: str = "model") -> ModelConfig:
-    """Build and validate a ModelConfig from a mapping (YAML subtree or dict)."""
-    merged = structured(ModelConfig, data, source, prefix)
-    cfg: ModelConfig = OmegaConf.to_object(merged)
-    validate_model_config(cfg, source, prefix)
-    return cfg
-
-
-def load_model_config(path: str | Path, overrides: Sequence[str] = ()) -> ModelConfig:
-    """Load a model preset: a YAML whose top level is either the model tree or has `model:`."""
-    cfg = load_yaml(path, overrides)
-    tree = cfg.model if "model" in cfg else cfg
-    return model_config(tree, str(path))
-
-
-def validate_model_config(cfg: ModelConfig, source: str = "<config>", prefix: str = "model") -> None:
-    """Cross-field rules; each failure names the key path, the value and what is allowed."""
-    from flexbert import layers  # deferred: pulls in torch, which loading YAML does not need
-    from flexbert.components import load_model_components
-
-    load_model_components()  # built-in families and installed plugins
-
-    def fail(key: str, message: str) -> None:
-        raise ConfigError(f"{source}: {prefix}.{key}: {message}")
-
-    def positive(key: str, value: float) -> None:
-        if value <= 0:
-            fail(key, f"must be > 0, got {value}")
-
-    def probability(key: str, value: float) -> None:
-        if not 0.0 <= value < 1.0:
-            fail(key, f"must be in [0, 1), got {value}")
-
-    for key in ("vocab_size", "hidden_size", "num_layers", "max_position_embeddings",
-                "attention.num_heads", "mlp.intermediate_size", "attention.global_every_n_layers",
-                "norm.eps", "init.std"):
-        positive(key, OmegaConf.select(OmegaConf.structured(cfg), key))
-    for key in ("attention.dropout", "attention.out_dropout", "mlp.dropout", "embeddings.dropout", "classifier.dropout"):
-        probability(key, OmegaConf.select(OmegaConf.structured(cfg), key))
-
-    for key, registry in _registry_keys(layers).items():
-        value = OmegaConf.select(OmegaConf.structured(cfg), key)
-        if value not in registry:
-            fail(key, f"unknown {registry.family} {value!r}; allowed: {', '.join(registry.names())}")
-
-    attn = cfg.attention
-    if cfg.hidden_size % attn.num_heads:
-        fail("attention.num_heads",
-             f"{attn.num_heads} heads do not divide hidden_size {cfg.hidden_size}")
-    if cfg.position.type == "rope" and cfg.head_dim % 2:
-        fail("attention.num_heads", f"rotary needs an even head dim, got {cfg.head_dim}")
-    if attn.local_window < 0 or attn.local_window % 2:
-        fail("attention.local_window",
-             f"must be an even number >= 0 (split evenly to both sides), got {attn.local_window}")
-    kernel = layers.KERNELS.get(attn.kernel)
-    layout = layers.PADDINGS.get(cfg.padding).layout
-    if layout not in kernel.layouts:
-        fail("attention.kernel", f"{attn.kernel!r} cannot serve the {cfg.padding!r} layout; "
-             f"kernels for {layout}: {', '.join(layers.kernels_for(layout))}")
-    if attn.dropout > 0 and not kernel.supports_dropout:
-        fail("attention.dropout", f"kernel {attn.kernel!r} has no attention dropout (of the "
-             "probabilities); set 0 (attention.out_dropout works with every kernel)")
-    for key in ("bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id",
-                "mask_token_id", "pad_token_id"):
-        value = getattr(cfg, key)
-        if not 0 <= value < cfg.vocab_size:
-            fail(key, f"token id {value} outside the vocabulary [0, {cfg.vocab_size})")
-    if cfg.classifier.problem_type not in PROBLEM_TYPES:
-        fail("classifier.problem_type", f"unknown {cfg.classifier.problem_type!r}; allowed: "
-             f"{', '.join(PROBLEM_TYPES)}")
-    if cfg.classifier.num_labels < 1:
-        fail("classifier.num_labels", f"must be >= 1, got {cfg.classifier.num_labels}")
-
-
-def _registry_keys(layers: Any) -> dict[str, Any]:
-    return {
-        "layer": layers.LAYERS,
-        "padding": layers.PADDINGS,
-        "attention.type": layers.ATTENTIONS,
-        "attention.kernel": layers.KERNELS,
-        "position.type": layers.POSITIONS,
-        "mlp.type": layers.MLPS,
-        "mlp.activation": layers.ACTIVATIONS,
-        "norm.type": layers.NORMS,
-        "embeddings.type": layers.EMBEDDINGS,
-        "head.activation": layers.ACTIVATIONS,
-        "classifier.pooling": layers.POOLINGS,
-        "init.type": layers.INITS,
-    }
-
-
 def to_yaml(cfg: ModelConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def __getattr__(name: str):
+    # Loaders that validate against the implementations moved up to flexbert.model (0.2).
+    from flexbert._aliases import moved_attribute
+
+    return moved_attribute(__name__, name)

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from flexbert.config import ModelConfig, model_config
+from flexbert.config import ModelConfig
+from flexbert.model import model_config
 
 TINY: dict[str, Any] = dict(
     vocab_size=128, hidden_size=32, num_layers=3, max_position_embeddings=256,

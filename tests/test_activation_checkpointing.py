@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flexbert.model import FlexBertForMaskedLM
-from flexbert.train.fsdp import apply_activation_checkpointing
+from flexbert.train.distributed.fsdp import apply_activation_checkpointing
 from tests.helpers import copy_model, mixed_batch, tiny_config
 
 

@@ -16,9 +16,10 @@ from torch._dynamo.backends.registry import lookup_backend
 from torch._dynamo.utils import counters
 
 from flexbert.data import DataConfig, StreamConfig, build_data_spec, build_pretraining_dataloader
-from flexbert.layers.kernels import compiled_flex, flex_cpu_backward
+from flexbert.model.attention.kernels import compiled_flex, flex_cpu_backward
 from flexbert.model import FlexBertForMaskedLM
-from flexbert.padding import compile_options, describe_batch
+from flexbert.model.compile import compile_options
+from flexbert.model.attention.layout import describe_batch
 from helpers import tiny_config
 
 STEPS, ROWS, SEQ = 12, 4, 128
@@ -63,7 +64,7 @@ def _model():
 def test_training_steps_from_the_loader_compile_at_most_three_graphs(short_docs):
     from composer import Trainer
 
-    from flexbert.train.model import ComposerFlexBertMLM
+    from flexbert.runtime.composer_model import ComposerFlexBertMLM
 
     shapes = set()
     for i, b in enumerate(build_pretraining_dataloader(short_docs, device_batch_size=ROWS)):
@@ -96,7 +97,7 @@ def test_standalone_compiled_flex_does_not_compile_per_shape():
     counter = GraphCounter()
     attend = compiled_flex(backend=counter)
     gen = torch.Generator().manual_seed(0)
-    from flexbert.layers.kernels import _block_mask
+    from flexbert.model.attention.kernels import _block_mask
 
     graphs = []
     for tokens in range(150, 150 + 40 * STEPS, 40):  # 12 token counts, 2 to 5 flex blocks
@@ -112,7 +113,7 @@ def test_standalone_compiled_flex_does_not_compile_per_shape():
 
 def test_trainer_compile_uses_the_dynamic_options():
     from flexbert.train.builder import gpu_only
-    from flexbert.train.config import TrainerConfig
+    from flexbert.train.recipe.schema import TrainerConfig
 
     import torch.fx.experimental._config as fx_config
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from flexbert.config import ConfigError, load_model_config, load_yaml
+from flexbert.config import ConfigError, load_yaml
+from flexbert.model import load_model_config
 from flexbert.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flexbert.train.callbacks import read_metrics
+from flexbert.runtime.metrics_file import read_metrics
 from flexbert.train.main import main
 
 REPO = Path(__file__).resolve().parents[1]

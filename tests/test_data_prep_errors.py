@@ -165,7 +165,7 @@ def test_val_fraction_zero_trains_without_evaluation(capsys, tmp_path, data_toke
 def test_stale_streaming_memory_is_removed_and_live_memory_kept():
     from multiprocessing import shared_memory
 
-    from flexbert.train.stale_memory import clean_stale_streaming_memory
+    from flexbert.train.checkpointing.shm_cleanup import clean_stale_streaming_memory
 
     if not (os.path.isdir("/dev/shm") and os.path.isdir("/proc")):
         pytest.skip("Linux /dev/shm and /proc")

@@ -190,7 +190,7 @@ def test_text_shards_train_and_resume_exactly_mixed_with_tokens(sample_corpus, t
     autoresume to 12, per-step losses equal to 12 straight steps."""
     from data_prep.sample import stdlib_documents
 
-    from flexbert.train.callbacks import read_metrics
+    from flexbert.runtime.metrics_file import read_metrics
     from flexbert.train.main import main
 
     docs = list(stdlib_documents(200_000))

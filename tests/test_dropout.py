@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from flexbert.config import ConfigError
-from flexbert.hf import flex_config_from_hf, hf_config_dict
-from flexbert.layers.kernels import KERNELS
+from flexbert.io.hf import flex_config_from_hf, hf_config_dict
+from flexbert.model.attention.kernels import KERNELS
 from flexbert.model import FlexBertForMaskedLM
 from tests.helpers import mixed_batch, tiny_config
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flexbert import cli
-from flexbert.train.callbacks import read_metrics
+from flexbert.runtime.metrics_file import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")

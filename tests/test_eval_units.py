@@ -132,7 +132,7 @@ def test_classifier_init_does_not_depend_on_the_model_source(tmp_path):
     """The same weights from an HF folder and a FlexBERT dir give the same classifier (issue 13:
     reading an HF folder consumed RNG and changed the init)."""
     from flexbert.finetune.model import classification_model
-    from flexbert.hf import save_flexbert, save_hf
+    from flexbert.io.hf import save_flexbert, save_hf
     from flexbert.model import FlexBertForMaskedLM
     from tests.helpers import tiny_config
 
@@ -171,7 +171,7 @@ def test_finetune_help_shows_every_default(capsys):
 ])
 def test_downstream_eval_recipe_errors_name_the_key(overrides, message):
     from flexbert.config import ConfigError
-    from flexbert.train.config import load_recipe
+    from flexbert.train.recipe.load import load_recipe
 
     tiny = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
     with pytest.raises(ConfigError, match=message):

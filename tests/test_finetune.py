@@ -83,7 +83,7 @@ def test_every_model_source_gives_the_same_encoder(pretrained, sample_corpus, tm
     from transformers import AutoTokenizer
 
     from flexbert.finetune import load_tokenizer
-    from flexbert.hf import save_flexbert, save_hf
+    from flexbert.io.hf import save_flexbert, save_hf
     from flexbert.model import FlexBertForMaskedLM
 
     cfg, state = read_pretrained(str(pretrained / "latest-rank0.pt"), TINY)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from flexbert.checkpoint_reader import load_checkpoint_state
-from flexbert.sharded import read_sharded_checkpoint
-from flexbert.train.callbacks import read_metrics
+from flexbert.io.checkpoint_reader import load_checkpoint_state
+from flexbert.io.sharded import read_sharded_checkpoint
+from flexbert.runtime.metrics_file import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 10
@@ -86,7 +86,7 @@ def test_gathered_hf_folders_load_in_transformers(runs):
     same weights as the sharded checkpoint of the same step, tensor for tensor."""
     from transformers import AutoModelForMaskedLM
 
-    from flexbert.hf import from_transformers
+    from flexbert.io.hf import from_transformers
 
     weights = {k.removeprefix("model."): v
                for k, v in read_sharded_checkpoint(runs["fsdp"] / f"ep0-ba{STEPS}")["model"].items()}
@@ -114,8 +114,8 @@ def test_sharded_reader_refuses_foreign_pickles(tmp_path):
 def test_fsdp_keys_map_to_composer_configs():
     from composer.utils.parallelism import FSDP2Config, FSDPConfig
 
-    from flexbert.train.config import FsdpConfig
-    from flexbert.train.fsdp import composer_fsdp
+    from flexbert.train.recipe.schema import FsdpConfig
+    from flexbert.train.distributed.fsdp import composer_fsdp
 
     v2 = composer_fsdp(FsdpConfig(version=2, sharding_strategy="SHARD_GRAD_OP",
                                   state_dict_type="sharded"), "cpu")
@@ -134,7 +134,7 @@ def test_fsdp_keys_map_to_composer_configs():
 ])
 def test_bad_fsdp_keys_are_named(override, message):
     from flexbert.config import ConfigError
-    from flexbert.train.config import load_recipe
+    from flexbert.train.recipe.load import load_recipe
 
     with pytest.raises(ConfigError, match=message):
         load_recipe(REPO / "configs" / "tiny.yaml", ["data_dir=x", "trainer.fsdp.version=2",
@@ -146,9 +146,9 @@ def test_sharded_checkpoint_publishes_averages_and_inits(runs, tmp_path):
     publish`, `flexbert average` (beside the DDP run's .pt) and `model.init_from`."""
     from transformers import AutoModelForMaskedLM
 
-    from flexbert.checkpoint_reader import read_source
+    from flexbert.io.checkpoint_reader import read_source
     from flexbert.cli import main as cli
-    from flexbert.hf import from_transformers
+    from flexbert.io.hf import from_transformers
 
     sharded, full = runs["fsdp"] / f"ep0-ba{STEPS}", runs["ddp"] / f"ep0-ba{STEPS}-rank0.pt"
     source = read_source(str(sharded))
@@ -164,7 +164,7 @@ def test_sharded_checkpoint_publishes_averages_and_inits(runs, tmp_path):
     key = "model.layers.0.mlp.Wi.weight"
     assert torch.allclose(mean[key], (source.weights[key] + other[key]) / 2, atol=1e-6)
     from flexbert.model import FlexBertForMaskedLM
-    from flexbert.train.continual import load_init_weights
+    from flexbert.train.checkpointing.init_from import load_init_weights
 
     model = FlexBertForMaskedLM(source.config)
     load_init_weights(model, str(sharded))

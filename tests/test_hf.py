@@ -7,8 +7,8 @@ import torch
 from transformers import ModernBertConfig, ModernBertForMaskedLM
 
 from flexbert.cli import main as cli
-from flexbert.config import load_model_config
-from flexbert.hf import (UnsupportedConversion, from_transformers, load_flexbert, save_flexbert,
+from flexbert.model import load_model_config
+from flexbert.io.hf import (UnsupportedConversion, from_transformers, load_flexbert, save_flexbert,
                          to_transformers)
 from flexbert.model import FlexBertForMaskedLM
 from tests.helpers import mixed_batch, tiny_config
@@ -87,7 +87,7 @@ def test_to_transformers_refuses_what_modernbert_cannot_hold(key, value, fragmen
 
 def test_base_preset_has_modernbert_base_parameter_count(repo):
     cfg = load_model_config(repo / "configs/model/base.yaml")
-    from flexbert.hf import hf_config_dict
+    from flexbert.io.hf import hf_config_dict
 
     with torch.device("meta"):
         flex = FlexBertForMaskedLM(cfg)

@@ -13,7 +13,7 @@ import torch
 
 from flexbert.data import collate_rows, split_packed_batch, token_indices
 from flexbert.model import FlexBertForMaskedLM
-from flexbert.padding import describe_batch
+from flexbert.model.attention.layout import describe_batch
 from helpers import tiny_config
 
 

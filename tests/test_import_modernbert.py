@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from flexbert.cli import main as cli
-from flexbert.train.callbacks import read_metrics
+from flexbert.runtime.metrics_file import read_metrics
 from flexbert.train.main import main as train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def their_param_groups(weights: dict) -> list[list[str]]:
 
 def their_checkpoint(native: dict, keyed_by_position: bool = False) -> dict:
     """Their Composer checkpoint holding a FlexBERT checkpoint's weights and optimizer state.
-    FlexBERT's names are transformers' (flexbert/hf.py) under Composer's `model.` prefix."""
+    FlexBERT's names are transformers' (flexbert/io/hf.py) under Composer's `model.` prefix."""
     state = native["state"]
     flex = {name: f"model.{hf_name(name)}" for name in their_names()}
     assert sorted(flex.values()) == sorted(state["model"])  # every weight, once
@@ -197,7 +197,7 @@ def losses(folder: Path) -> dict[int, float]:
 
 def plain_load(path: Path) -> dict:
     """CONTRACTS point 2: weights_only plus numpy's array reconstruction."""
-    from flexbert.checkpoint_reader import _numpy_globals
+    from flexbert.io.checkpoint_reader import _numpy_globals
 
     with torch.serialization.safe_globals(_numpy_globals()):
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -229,10 +229,10 @@ def converted(native, sample_corpus, tmp_path_factory) -> tuple[Path, Path, Path
 
 def reference_checkpoint(native: Path, folder: Path) -> Path:
     """The native checkpoint with the weights taken through transformers (their convert_to_hf
-    names -> ModernBertForMaskedLM -> flexbert.hf), and the data position the import cannot
+    names -> ModernBertForMaskedLM -> flexbert.io.hf), and the data position the import cannot
     carry dropped the same way (the loader starts its data over; step counters carry on)."""
-    from flexbert.config import model_config
-    from flexbert.hf import from_transformers, to_transformers
+    from flexbert.model import model_config
+    from flexbert.io.hf import from_transformers, to_transformers
     from flexbert.model import FlexBertForMaskedLM
     from omegaconf import OmegaConf
 
@@ -389,8 +389,8 @@ def test_converted_weights_give_the_logits_their_weights_give_through_transforme
     """transformers' ModernBERT loaded by their convert_to_hf names is the oracle."""
     from omegaconf import OmegaConf
 
-    from flexbert.config import model_config
-    from flexbert.hf import to_transformers
+    from flexbert.model import model_config
+    from flexbert.io.hf import to_transformers
     from flexbert.model import FlexBertForMaskedLM
     from tests.helpers import mixed_batch
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexbert.layers import KERNELS
-from flexbert.layers.kernels import flex_cpu_backward
+from flexbert.model import KERNELS
+from flexbert.model.attention.kernels import flex_cpu_backward
 from flexbert.model import FlexBertForMaskedLM
-from flexbert.padding import describe_batch
+from flexbert.model.attention.layout import describe_batch
 from tests.helpers import copy_model, mixed_batch, tiny_config
 
 CPU_KERNELS = ["flex"]
@@ -197,7 +197,7 @@ def test_flex_block_mask_equals_create_block_mask(layout_name, window):
     """Blocks classified from document statistics match torch's N x N evaluation exactly."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    from flexbert.layers.kernels import _allowed, _block_mask
+    from flexbert.model.attention.kernels import _allowed, _block_mask
 
     gen = torch.Generator().manual_seed(1)
     lengths = torch.randint(1, 160, (9,), generator=gen).tolist() + [300, 5]

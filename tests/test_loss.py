@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flexbert.layers import loss as L
+from flexbert.model import loss as L
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

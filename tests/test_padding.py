@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flexbert.model import FlexBertForMaskedLM
-from flexbert.padding import describe_batch
+from flexbert.model.attention.layout import describe_batch
 from tests.helpers import copy_model, mixed_batch, tiny_config
 
 LENGTHS = [17, 5, 11, 1]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from flexbert.train.activations import activation_bytes
-from flexbert.train.config import load_recipe
-from flexbert.train.plan import GIB, parse_gpus, phase_figures, PhasePlan
+from flexbert.train.planning.activations import activation_bytes
+from flexbert.train.recipe.load import load_recipe
+from flexbert.train.planning.plan import GIB, parse_gpus, phase_figures, PhasePlan
 from helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ RSS_PROBE = textwrap.dedent("""
     ctypes.CDLL("libc.so.6").mallopt(-3, 32 * 1024)  # M_MMAP_THRESHOLD: big blocks map and unmap
     sys.path.insert(0, "tests")
     from helpers import tiny_config
-    from flexbert.train.activations import build_for_measurement, measure_activations, packed_batch
+    from flexbert.train.planning.activations import build_for_measurement, measure_activations, packed_batch
     libc = ctypes.CDLL("libc.so.6")
     rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     cfg = tiny_config(padding="unpadded", sparse_prediction=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from flexbert import cli, components
+from flexbert import cli, plugins
 from flexbert.config import ConfigError
-from flexbert.train.config import load_recipe
+from flexbert.train.recipe.load import load_recipe
 from flexbert.train.main import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,8 +24,7 @@ import json
 import torch.nn as nn
 from composer.core import Callback
 
-from flexbert.layers import NORMS
-from flexbert.train.extensions import CALLBACKS
+from flexbert.registry import CALLBACKS, NORMS
 
 BUILT = []
 
@@ -80,7 +79,7 @@ def test_entry_point_plugin_is_listed_by_components(tmp_path, monkeypatch, capsy
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: epflex\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[flexbert.plugins]\nparts = epflex.parts\n")
     monkeypatch.syspath_prepend(str(root))
-    monkeypatch.setattr(components, "_loaded_entry_points", False)
+    monkeypatch.setattr(plugins, "_loaded_entry_points", False)
     assert cli.main(["components"]) == 0
     blocks = {block.split("  (")[0]: block for block in capsys.readouterr().out.split("\n\n")}
     for family, entry in (("norm", "ep_norm"), ("callback", "ep_callback"),

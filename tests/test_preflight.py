@@ -90,8 +90,8 @@ def test_absolute_positions_shorter_than_the_sequence(capsys, tmp_path):
 
 
 def test_prepared_data_passes_and_reports_its_val_split(data_corpus):
-    from flexbert.train.config import load_recipe
-    from flexbert.train.preflight import check_data, has_val_split
+    from flexbert.train.recipe.load import load_recipe
+    from flexbert.train.recipe.preflight import check_data, has_val_split
 
     recipe = load_recipe(TINY, [f"data_dir={data_corpus[0]}"])
     check_data(recipe)  # raises on any problem

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flexbert.train.callbacks import read_metrics
+from flexbert.runtime.metrics_file import read_metrics
 from flexbert.train.main import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_init_from_transformers_folder_first_loss_matches_transformers(corpus, h
     from transformers import AutoModelForMaskedLM
 
     from flexbert.data import build_pretraining_dataloader
-    from flexbert.train.config import load_recipe
+    from flexbert.train.recipe.load import load_recipe
 
     run = recipe_args(corpus, tmp_path / "run", hf_folder)
     recipe = load_recipe(run[0], run[1:])
@@ -99,7 +99,7 @@ def test_init_from_transformers_folder_first_loss_matches_transformers(corpus, h
 
 def test_init_from_rejects_load_path(corpus, hf_folder, tmp_path):
     from flexbert.config import ConfigError
-    from flexbert.train.config import load_recipe
+    from flexbert.train.recipe.load import load_recipe
 
     run = recipe_args(corpus, tmp_path, hf_folder)
     with pytest.raises(ConfigError, match="model.init_from"):

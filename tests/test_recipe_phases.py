@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import load_file
 
 from flexbert.cli import main as cli
-from flexbert.train.callbacks import read_metrics
+from flexbert.runtime.metrics_file import read_metrics
 from flexbert.train.main import main
-from flexbert.train.publish import checkpoint_model
+from flexbert.io.publish import checkpoint_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -168,9 +168,9 @@ def test_rope_theta_change_on_loading_phase1(phases, corpus, tmp_path):
     checkpoint: weights are phase 1's, global layers rotate with 160k, local layers with 10k
     (buffers), and the outputs are those of phase 1's model with only the global frequencies
     replaced."""
-    from flexbert.layers.rotary import inverse_frequencies
+    from flexbert.model.attention.rotary import inverse_frequencies
     from flexbert.train.builder import build_trainer
-    from flexbert.train.config import load_recipe
+    from flexbert.train.recipe.load import load_recipe
 
     recipe = load_recipe(CONFIGS / "tiny_context_extension.yaml", [
         f"data_dir={corpus}", f"save_folder={tmp_path}", "trainer.precision=fp32",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from flexbert.layers.rotary import inverse_frequencies
+from flexbert.model.attention.rotary import inverse_frequencies
 from flexbert.model import FlexBertForMaskedLM
 from tests.helpers import mixed_batch, tiny_config
 

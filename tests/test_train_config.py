@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from flexbert.config import ConfigError
-from flexbert.train.config import load_recipe
+from flexbert.train.recipe.load import load_recipe
 from flexbert.train.main import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flexbert.train.callbacks import read_metrics
+from flexbert.runtime.metrics_file import read_metrics
 from flexbert.train.main import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flexbert.train.callbacks import MetricsJSONL, flops_per_token, read_metrics
-from flexbert.train.checkpoint import point_symlink
-from flexbert.train.config import OptimizerConfig
-from flexbert.train.model import MaskedAccuracy, MaskedTokenLoss
+from flexbert.runtime.metrics_file import MetricsJSONL, read_metrics
+from flexbert.runtime.perf import flops_per_token
+from flexbert.train.checkpointing.saver import point_symlink
+from flexbert.train.recipe.schema import OptimizerConfig
+from flexbert.runtime.composer_model import MaskedAccuracy, MaskedTokenLoss
 from flexbert.train.optim import OPTIMIZERS, build_optimizer, param_groups
 
 
@@ -103,7 +104,7 @@ def test_point_symlink_replaces_atomically(tmp_path):
 def test_flops_per_token_grows_with_width():
     from pathlib import Path
 
-    from flexbert.train.config import load_recipe
+    from flexbert.train.recipe.load import load_recipe
 
     base = load_recipe(Path(__file__).resolve().parents[1] / "configs" / "base.yaml").model
     fpt = flops_per_token(base, 1024, 0.3)

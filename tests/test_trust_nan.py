@@ -7,7 +7,7 @@ import math
 import os
 from pathlib import Path
 
-from flexbert.train.callbacks import read_metrics
+from flexbert.runtime.metrics_file import read_metrics
 from flexbert.train.main import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flexbert.checkpoint_reader import (UnreadableCheckpoint, UnsafeCheckpoint, load_checkpoint,
+from flexbert.io.checkpoint_reader import (UnreadableCheckpoint, UnsafeCheckpoint, load_checkpoint,
                                         load_checkpoint_state, read_source)
 from flexbert.cli import main as cli
 from flexbert.train.main import main
@@ -76,7 +76,7 @@ class Foreign:
 
 
 def test_trust_opt_in_loads_foreign_classes_as_stubs_and_never_runs_code(evil, tmp_path):
-    from flexbert.checkpoint_reader import Stub
+    from flexbert.io.checkpoint_reader import Stub
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"state": {"model": {"model.x": torch.ones(2)}, "callbacks": {"x": Foreign()}}},

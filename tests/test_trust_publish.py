@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import flexbert.train.hub as hub
+import flexbert.io.hub as hub
 from flexbert.cli import main as cli
 from flexbert.config import to_yaml
 from flexbert.model import FlexBertForMaskedLM

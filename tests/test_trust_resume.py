@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flexbert.train.callbacks import read_metrics
+from flexbert.runtime.metrics_file import read_metrics
 from flexbert.train.main import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,8 +95,8 @@ def test_load_path_refuses_another_model_unless_a_new_phase(sample_corpus, done,
     assert "model.attention.local_window: checkpoint 16, recipe 8" in capsys.readouterr().err
     # reset_time (a new phase) may change RoPE on purpose: the check passes, training starts
     # (stopped here by an unrelated, cheaper error: a batch size that does not split)
-    from flexbert.train.config import load_recipe
-    from flexbert.train.rerun import check_load_path
+    from flexbert.train.recipe.load import load_recipe
+    from flexbert.train.checkpointing.launch_plan import check_load_path
 
     recipe = load_recipe(TINY, args(sample_corpus, tmp_path / "b", f"load_path={ckpt}",
                                     "reset_time=true", "max_duration=2ba",

@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from flexbert.cli import command
+from flexbert.commands import command
 from flexbert.config import ConfigError
 
 # FinetuneConfig options `flexbert eval` passes on to every fine-tune run.

@@ -50,7 +50,7 @@ def glue_average(scores: dict[str, float]) -> float | None:
 def check_reachable(tasks: Iterable[str]) -> None:
     """One clear line when the GLUE data cannot be had (offline and not cached)."""
     from flexbert.config import ConfigError
-    from flexbert.finetune.data import GLUE_DATASET
+    from flexbert.finetune.tasks import GLUE_DATASET
 
     needed = sorted({t for t in tasks if t in GLUE_SETTINGS})
     if not needed:

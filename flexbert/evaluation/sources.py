@@ -67,7 +67,7 @@ def prepare(source: Source, models_dir: Path, tokenizer: Optional[str] = None) -
         return source.path, read_position(source.path)
     out = models_dir / source.label.replace("/", "__")
     if not (out / INFO_FILE).is_file():
-        from flexbert.train.publish import publish_checkpoint
+        from flexbert.io.publish import publish_checkpoint
 
         publish_checkpoint(str(source.path), str(out), tokenizer=tokenizer)
     return out, read_position(out)

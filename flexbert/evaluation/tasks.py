@@ -9,7 +9,8 @@ from typing import Any, Sequence
 
 from flexbert.config import ConfigError
 from flexbert.finetune.config import FinetuneConfig, task_name
-from flexbert.finetune.data import GLUE_TASKS, task_kind
+from flexbert.finetune.tasks import GLUE_TASKS
+from flexbert.finetune.data import task_kind
 
 # The metric each kind is plotted and ranked by.
 MAIN_BY_KIND = {"classification": "accuracy", "regression": "spearman",

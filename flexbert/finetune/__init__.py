@@ -14,7 +14,8 @@ metrics), training.py (the runs), cli.py (the command).
 
 from flexbert.finetune import cli  # noqa: F401  (registers `flexbert finetune`)
 from flexbert.finetune.config import FinetuneConfig, task_name
-from flexbert.finetune.data import GLUE_TASKS, TaskData, load_task, task_kind
+from flexbert.finetune.tasks import GLUE_TASKS
+from flexbert.finetune.data import TaskData, load_task, task_kind
 from flexbert.finetune.loading import load_encoder, load_tokenizer, read_pretrained
 from flexbert.finetune.training import finetune
 

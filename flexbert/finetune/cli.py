@@ -7,7 +7,7 @@ import json
 import logging
 from dataclasses import fields
 
-from flexbert.cli import command
+from flexbert.commands import command
 from flexbert.finetune.config import KINDS, FinetuneConfig
 
 # option -> (help, extra add_argument keywords); the default is appended from FinetuneConfig.

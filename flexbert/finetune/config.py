@@ -53,7 +53,7 @@ class FinetuneConfig:
 def task_name(cfg: FinetuneConfig) -> str:
     """A short stable label: --name, the GLUE name, the task folder's name (a folder, or the
     folder holding the train file), or the dataset name."""
-    from flexbert.finetune.data import GLUE_TASKS
+    from flexbert.finetune.tasks import GLUE_TASKS
 
     if cfg.name:
         return cfg.name

@@ -18,7 +18,7 @@ def load_encoder(source: str, model_config_path: Optional[str] = None,
     reader takes (FlexBERT model directory, Hugging Face folder, Composer `.pt`, sharded folder),
     or a run folder holding latest-rank0.pt. A Composer checkpoint's config is
     `model_config_path`, its PhaseInfo, or a flexbert.yaml beside it."""
-    from flexbert.checkpoint_reader import read_source
+    from flexbert.io.checkpoint_reader import read_source
 
     p = Path(source)
     if p.is_dir() and (p / "latest-rank0.pt").exists():
@@ -38,7 +38,8 @@ def composer_model_config(checkpoint: Path, config_path: Optional[str], info: di
     PhaseInfo, else a flexbert.yaml beside the checkpoint or in its folder's model/."""
     from omegaconf import OmegaConf
 
-    from flexbert.config import load_yaml, model_config
+    from flexbert.config import load_yaml
+    from flexbert.model import model_config
 
     if not config_path and info.get("model_config"):
         return model_config(OmegaConf.create(info["model_config"]), f"{checkpoint}: PhaseInfo")
@@ -50,9 +51,9 @@ def composer_model_config(checkpoint: Path, config_path: Optional[str], info: di
                                 "pass --model-config RECIPE_OR_MODEL_YAML")
     raw = load_yaml(path)
     if "max_duration" in raw or "run_name" in raw:  # a training recipe
-        from flexbert.train.config import resolve_model_tree
+        from flexbert.model import recipe_model_config
 
-        return model_config(resolve_model_tree(raw.get("model"), path), str(path))
+        return recipe_model_config(path)
     return model_config(raw.model if "model" in raw else raw, str(path))
 
 

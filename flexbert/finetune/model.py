@@ -10,7 +10,7 @@ from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, Mult
                                          MulticlassMatthewsCorrCoef)
 
 from flexbert.config import ConfigError
-from flexbert.train.model import FlexBertComposerModel
+from flexbert.runtime.composer_model import FlexBertComposerModel
 
 
 def build_metrics(num_labels: int, problem_type: str) -> dict[str, Metric]:
@@ -54,7 +54,7 @@ class ComposerFlexBertClassifier(FlexBertComposerModel):
 def classification_model(cfg: Any, num_labels: int, problem_type: str) -> torch.nn.Module:
     """FlexBertForSequenceClassification with the encoder from cfg.model and a fresh classifier
     seeded by cfg.seed."""
-    from flexbert.config import model_config
+    from flexbert.model import model_config
     from flexbert.finetune.loading import model_with_encoder
     from flexbert.model import FlexBertForSequenceClassification
 

@@ -157,7 +157,7 @@ def hf_folder(cfg: FinetuneConfig, scratch: str) -> str:
     if (Path(cfg.model) / "config.json").is_file() and cfg.tokenizer is None:
         return str(cfg.model)
     from flexbert.finetune.loading import load_encoder, load_tokenizer
-    from flexbert.hf import save_hf
+    from flexbert.io.hf import save_hf
     from flexbert.model import FlexBertForMaskedLM
 
     model_cfg, state = load_encoder(cfg.model, cfg.model_config)
@@ -167,15 +167,14 @@ def hf_folder(cfg: FinetuneConfig, scratch: str) -> str:
 
 
 def run_retrieval(cfg: FinetuneConfig) -> dict[str, Any]:
-    from flexbert.train.builder import pick_device
-    from flexbert.train.config import TrainerConfig
+    from flexbert.runtime.device import pick_device
 
     if cfg.pooling not in (None, "mean", "cls"):
         raise ConfigError(f"finetune.pooling: {cfg.pooling!r}; allowed: mean, cls")
     task = load_beir(cfg.task, cfg.max_train_samples)
     if not task.train_pairs:
         raise ConfigError(f"{cfg.task}/qrels/train.tsv: no (query, positive) pairs with score > 0")
-    device = "cuda" if pick_device(TrainerConfig(device=cfg.device)) == "gpu" else "cpu"
+    device = "cuda" if pick_device(cfg.device) == "gpu" else "cpu"
     with tempfile.TemporaryDirectory() as scratch:
         torch.manual_seed(cfg.seed)
         model = sentence_model(hf_folder(cfg, scratch), cfg.pooling or "mean", cfg.max_seq_len, device)

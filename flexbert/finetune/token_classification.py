@@ -14,7 +14,7 @@ from transformers.modeling_outputs import TokenClassifierOutput
 from flexbert.config import ModelConfig
 from flexbert.finetune.config import FinetuneConfig
 from flexbert.model import FlexBertPreTrained, PredictionHead
-from flexbert.train.model import FlexBertComposerModel
+from flexbert.runtime.composer_model import FlexBertComposerModel
 
 
 class FlexBertForTokenClassification(FlexBertPreTrained):
@@ -128,10 +128,10 @@ def collate_tokens(pad_id: int):
 
 
 def run_token_classification(cfg: FinetuneConfig) -> dict[str, Any]:
-    from flexbert.config import model_config
+    from flexbert.model import model_config
     from flexbert.finetune.loading import load_tokenizer, model_with_encoder
     from flexbert.finetune.token_data import encode_sentences, load_token_task
-    from flexbert.finetune.training import fit_and_evaluate, pad_id, quiet
+    from flexbert.finetune.fitting import fit_and_evaluate, pad_id, quiet
 
     quiet(cfg)
     task = load_token_task(cfg)

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from flexbert.cli import command
+from flexbert.commands import command
 from flexbert.config import ConfigError, ModelConfig, to_yaml
 from flexbert.interop import modernbert_config as mc
 from flexbert.interop import safe_load
@@ -148,7 +148,7 @@ def _template_groups(cfg: ModelConfig, optimizer: str, their_groups: list[dict])
     """FlexBERT's groups for this model (names in Composer's `model.` namespace) and the group
     keys its optimizer expects, built on the meta device (no memory)."""
     from flexbert.model import FlexBertForMaskedLM
-    from flexbert.train.config import OptimizerConfig
+    from flexbert.train.recipe.schema import OptimizerConfig
     from flexbert.train.optim import build_optimizer
 
     with torch.device("meta"):

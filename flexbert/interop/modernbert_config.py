@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from flexbert.config import ConfigError, ModelConfig, model_config
+from flexbert.config import ConfigError, ModelConfig
+from flexbert.model import model_config
 
 # Their model starts from bert-base-uncased's BertConfig (`pretrained_model_name`) and then
 # FlexBertConfig's defaults; a YAML sets only what differs.

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from flexbert.checkpoint_reader import UnsafeCheckpoint, load_with_stubs, safe_globals
+from flexbert.io.checkpoint_reader import UnsafeCheckpoint, load_with_stubs, safe_globals
 
 
 def _qualname(obj: Any) -> str:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import shlex
 
-from flexbert.cli import command
+from flexbert.commands import command
 from flexbert.sweep.plan import load_sweep
 from flexbert.sweep.report import write_report
 from flexbert.sweep.running import launch_command, run_sweep

@@ -153,9 +153,9 @@ def load_sweep(path: str | Path, out: Optional[str] = None, extra: Sequence[str]
         overrides = [*common, *own, f"run_name={slug}", f"save_folder={folder}", "autoresume=true"]
         runs.append(Run(i, slug, own, overrides, folder))
 
-    from flexbert.train.config import load_recipe
+    from flexbert.train.recipe.load import load_recipe
 
-    from flexbert.hf import check_expressible
+    from flexbert.io.hf import check_expressible
 
     for run in runs:
         label = ", ".join(run.own) or "base"

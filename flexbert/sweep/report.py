@@ -31,8 +31,8 @@ def count_parameters(model_cfg: Any) -> int:
 
 def summarize_run(sweep: Sweep, run: Run) -> dict[str, Any]:
     """Final figures of one run from its metrics.jsonl (and fine-tuning results)."""
-    from flexbert.train.callbacks import read_metrics
-    from flexbert.train.config import load_recipe
+    from flexbert.runtime.metrics_file import read_metrics
+    from flexbert.train.recipe.load import load_recipe
 
     recipe = load_recipe(sweep.base, run.overrides)
     metrics_file = run.folder / (recipe.cfg.callbacks.metrics_jsonl or "metrics.jsonl")
@@ -112,7 +112,7 @@ def write_report(sweep: Sweep) -> list[dict[str, Any]]:
 def plot(summaries: list[dict], out: Path, title: str) -> Path:
     import matplotlib
 
-    from flexbert.train.summary import moving_average
+    from flexbert.train.callbacks.summary import moving_average
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -38,8 +38,8 @@ def checkpoint_reached_end(sweep: Sweep, run: Run) -> bool:
     the tokens at that batch); other units resume as usual."""
     from composer.core import Time, TimeUnit
 
-    from flexbert.train.callbacks import read_metrics
-    from flexbert.train.config import load_recipe
+    from flexbert.runtime.metrics_file import read_metrics
+    from flexbert.train.recipe.load import load_recipe
 
     latest = run.folder / "latest-rank0.pt"
     if not latest.is_symlink() or not latest.exists():
@@ -85,7 +85,7 @@ def train_run(sweep: Sweep, run: Run) -> None:
 
 def checkpoint_model_state(checkpoint: Path) -> dict:
     """The model weights of a Composer checkpoint: the one place the sweep opens a checkpoint."""
-    from flexbert.checkpoint_reader import load_checkpoint_state
+    from flexbert.io.checkpoint_reader import load_checkpoint_state
 
     return load_checkpoint_state(checkpoint)["model"]
 
@@ -106,10 +106,10 @@ def export_model(sweep: Sweep, run: Run) -> Path:
     the tokenizer: what the fine-tuning stage starts from."""
     import shutil
 
-    from flexbert.hf import save_flexbert
+    from flexbert.io.hf import save_flexbert
     from flexbert.model import FlexBertForMaskedLM
-    from flexbert.train.builder import local_save_folder
-    from flexbert.train.config import load_recipe
+    from flexbert.train.checkpointing.saver import local_save_folder
+    from flexbert.train.recipe.load import load_recipe
 
     recipe = load_recipe(sweep.base, run.overrides)
     folder = Path(local_save_folder(recipe.cfg.save_folder))

@@ -6,42 +6,32 @@ import logging
 import os
 from typing import Any, Optional
 
-import torch
 from composer import Evaluator, Trainer
 from composer.algorithms import GradientClipping
 from composer.callbacks import LRMonitor
 from composer.loggers import WandBLogger
 from composer.utils import dist, maybe_create_object_store_from_uri, parse_uri, reproducibility
 
-from flexbert.checkpoint_reader import guard_composer_loads
-from flexbert.padding import compile_options
-from flexbert.train import data as train_data
-from flexbert.train.callbacks import (GradNorm, MetricsJSONL, PackingEfficiency, Throughput,
-                                      device_peak_flops, flops_per_token)
-from flexbert.train.checkpoint import AtomicCheckpointSaver
-from flexbert.train.config import Recipe, RecipeConfig, TrainerConfig
-from flexbert.train.guard import StopOnNonFiniteLoss
-from flexbert.train.fsdp import GlooGradientAverage, apply_activation_checkpointing, composer_fsdp
-from flexbert.train.extensions import ALGORITHMS, CALLBACKS, build_all
-from flexbert.train.model import ComposerFlexBertMLM
+from flexbert.io.checkpoint_reader import guard_composer_loads
+from flexbert.model.compile import compile_options
+from flexbert.runtime.composer_model import ComposerFlexBertMLM
+from flexbert.runtime.device import pick_device, pick_precision
+from flexbert.runtime.metrics_file import MetricsJSONL
+from flexbert.runtime.perf import device_peak_flops, flops_per_token
+from flexbert.train.callbacks.nonfinite import StopOnNonFiniteLoss
+from flexbert.train.callbacks.telemetry import GradNorm, PackingEfficiency, Throughput
+from flexbert.train.checkpointing.saver import AtomicCheckpointSaver, local_save_folder
+from flexbert.train.distributed.fsdp import apply_activation_checkpointing, composer_fsdp
+from flexbert.train.distributed.gloo import GlooGradientAverage
 from flexbert.train.optim import ApplyOptimizerConfig, build_optimizer
+from flexbert.train.recipe import data as train_data
+from flexbert.train.recipe.schema import Recipe, RecipeConfig, TrainerConfig
+from flexbert.train.registries import ALGORITHMS, CALLBACKS, build_all
 from flexbert.train.schedules import build_scheduler
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "ep{epoch}-ba{batch}-rank{rank}.pt"
 LATEST_NAME = "latest-rank{rank}.pt"
-
-
-def pick_device(cfg: TrainerConfig) -> str:
-    return cfg.device or ("gpu" if torch.cuda.is_available() else "cpu")
-
-
-def pick_precision(cfg: TrainerConfig, device: str) -> str:
-    """bf16 autocast is a GPU setting: on CPU an amp_* recipe trains in fp32 instead of failing."""
-    if device == "cpu" and cfg.precision.startswith("amp_"):
-        log.warning("precision %s needs a GPU; training in fp32 on CPU", cfg.precision)
-        return "fp32"
-    return cfg.precision
 
 
 def gpu_only(cfg: TrainerConfig, device: str) -> dict[str, Any]:
@@ -57,13 +47,6 @@ def gpu_only(cfg: TrainerConfig, device: str) -> dict[str, Any]:
     if fsdp is not None:
         kwargs["parallelism_config"] = {"fsdp": fsdp}
     return kwargs
-
-
-def local_save_folder(save_folder: str) -> str:
-    """Where files for `save_folder` live on this machine (an s3:// folder is mirrored locally
-    under the bucket path, relative to the working directory)."""
-    backend, _, path = parse_uri(save_folder)
-    return path if backend else save_folder
 
 
 def build_saver(cfg: RecipeConfig) -> Optional[AtomicCheckpointSaver]:
@@ -116,7 +99,7 @@ def _wandb_compat() -> None:
 
 
 def build_loggers(cfg: RecipeConfig) -> list:
-    from flexbert.train.console import Console
+    from flexbert.train.callbacks.console import Console
 
     tcfg = cfg.trainer  # our console replaces Composer's progress bar and console logger
     loggers: list = [Console(tcfg.console_log_interval, tcfg.log_to_console, tcfg.progress_bar)]
@@ -146,7 +129,7 @@ def build_callbacks(recipe: Recipe) -> list:
     if cfg.callbacks.packing_efficiency:
         callbacks.append(PackingEfficiency(train_data.packing_efficiency))
     callbacks += build_all(CALLBACKS, cfg.callbacks.registered, "callbacks", recipe.source)
-    from flexbert.evaluation.callback import build_downstream_eval
+    from flexbert.train.callbacks.downstream_eval import build_downstream_eval
 
     saver = build_saver(cfg)  # before Publish: a step's checkpoint is on disk before its upload
     return (callbacks + ([saver] if saver else []) + publish_callbacks(recipe)
@@ -156,8 +139,8 @@ def build_callbacks(recipe: Recipe) -> list:
 def publish_callbacks(recipe: Recipe) -> list:
     """PhaseInfo (the model config, phase, step and tokens in every checkpoint, for `flexbert
     publish`) and, when `callbacks.publish.enabled`, the Publish callback."""
-    from flexbert.train.publish import PhaseInfo, Publish
-    from flexbert.train.resume import made_from
+    from flexbert.train.callbacks.publish import PhaseInfo, Publish
+    from flexbert.train.checkpointing.provenance import made_from
 
     cfg, pub = recipe.cfg, recipe.cfg.callbacks.publish
     tokenizer = pub.tokenizer or cfg.export.tokenizer or os.path.join(cfg.data_dir, "tokenizer")
@@ -219,10 +202,10 @@ def build_trainer(recipe: Recipe) -> Trainer:
     model = ComposerFlexBertMLM(FlexBertForMaskedLM(recipe.model), train_metrics=tcfg.train_metrics)
     apply_activation_checkpointing(model.model, tcfg.activation_checkpointing)
     if recipe.init_from:  # continual pretraining: weights only, the optimizer below starts fresh
-        from flexbert.train.continual import load_init_weights
+        from flexbert.train.checkpointing.init_from import load_init_weights
 
         load_init_weights(model.model, recipe.init_from, cfg.trust_checkpoint)
-    device = pick_device(tcfg)
+    device = pick_device(tcfg.device)
     optimizer = build_optimizer(model.model, cfg.optimizer)
     keep_config = ApplyOptimizerConfig(cfg.optimizer.lr,
                                        [g["weight_decay"] for g in optimizer.param_groups])
@@ -230,7 +213,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
     jsonl = next((d for d in loggers if isinstance(d, MetricsJSONL)), None)
     stop_on_nan = StopOnNonFiniteLoss(jsonl.flush if jsonl else None)  # first: before any save
     train_spec = train_data.train_dataspec(recipe)
-    from flexbert.train.preflight import evaluates
+    from flexbert.train.recipe.preflight import evaluates
 
     evaluator = Evaluator(label="eval", dataloader=train_data.eval_dataspec(recipe),
                           metric_names=list(model.eval_metrics),
@@ -243,7 +226,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
         eval_subset_num_batches=tcfg.eval_subset_num_batches,
         optimizers=optimizer,
         schedulers=build_scheduler(cfg.scheduler), step_schedulers_every_batch=True,
-        precision=pick_precision(tcfg, device),
+        precision=pick_precision(tcfg.precision, device),
         device_train_microbatch_size=tcfg.device_train_microbatch_size,
         accumulate_train_batch_on_tokens=True,
         algorithms=build_algorithms(recipe),
@@ -252,7 +235,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
         load_weights_only=cfg.load_weights_only, load_strict_model_weights=cfg.load_strict,
         load_ignore_keys=load_ignore_keys(cfg), load_progress_bar=False,
         ddp_sync_strategy=tcfg.ddp_sync_strategy, dist_timeout=tcfg.dist_timeout,
-        progress_bar=False, log_to_console=False,  # flexbert.train.console prints instead
+        progress_bar=False, log_to_console=False,  # flexbert.train.callbacks.console prints instead
         python_log_level=tcfg.python_log_level,
         **gpu_only(tcfg, device),
     )

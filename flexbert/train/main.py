@@ -14,7 +14,7 @@ log = logging.getLogger("flexbert.train")
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    from flexbert.train.recipe_help import keys_help
+    from flexbert.train.recipe.help import keys_help
 
     parser = argparse.ArgumentParser(
         prog="train.py", description="Pretrain a FlexBERT encoder with Composer.",
@@ -28,11 +28,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def export_hf(recipe, trainer) -> Optional[Path]:
     """Rank 0 writes the trained model as a Hugging Face ModernBERT folder (+ tokenizer)."""
-    from flexbert.hf import save_hf
-    from flexbert.train.builder import local_save_folder
-    from flexbert.train.fsdp import export_model
-    from flexbert.train.guard import check_finite
-    from flexbert.train.rerun import export_tokenizer
+    from flexbert.io.hf import save_hf
+    from flexbert.train.checkpointing.saver import local_save_folder
+    from flexbert.runtime.distributed import export_model
+    from flexbert.train.callbacks.nonfinite import check_finite
+    from flexbert.train.checkpointing.launch_plan import export_tokenizer
 
     cfg = recipe.cfg
     if not cfg.export.hf_folder:
@@ -55,14 +55,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Our own messages at INFO; the libraries' (Composer's seed and setup chatter) at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("flexbert").setLevel(logging.INFO)
-    from flexbert.train.config import load_recipe
+    from flexbert.train.recipe.load import load_recipe
 
     try:
         recipe = load_recipe(args.config, args.overrides)
-        from flexbert.train.preflight import check_data
+        from flexbert.train.recipe.preflight import check_data
 
         check_data(recipe)  # data prepared, tokenizer vs model: before the model is built
-        from flexbert.train.stale_memory import clean_stale_streaming_memory
+        from flexbert.train.checkpointing.shm_cleanup import clean_stale_streaming_memory
 
         clean_stale_streaming_memory()  # what SIGKILLed runs left in /dev/shm
     except (ConfigError, ValueError) as err:
@@ -73,10 +73,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def train(recipe) -> int:
     """Plan against save_folder, train, export; every expected failure is one line + exit code."""
-    from flexbert.checkpoint_reader import UnreadableCheckpoint, UnsafeCheckpoint
+    from flexbert.io.checkpoint_reader import UnreadableCheckpoint, UnsafeCheckpoint
     from flexbert.train.builder import build_trainer
-    from flexbert.train.guard import NonFiniteLoss
-    from flexbert.train.rerun import finish, is_rank_zero, last_good, plan_run
+    from flexbert.train.callbacks.nonfinite import NonFiniteLoss
+    from flexbert.train.checkpointing.launch_plan import finish, is_rank_zero, last_good, plan_run
 
     try:
         plan = plan_run(recipe)
@@ -102,7 +102,7 @@ def train(recipe) -> int:
             print(f"error: {err}: stopped before saving it; {last_good(recipe)}", file=sys.stderr)
         return 3
     hf_folder = export_hf(recipe, trainer)
-    from flexbert.train import summary
+    from flexbert.train.callbacks import summary
 
     summary.finish(recipe, trainer, hf_folder)
     trainer.close()

@@ -14,13 +14,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from torch import nn
 
-from flexbert.registry import new_registry
-
-OPTIMIZERS = new_registry(
-    "optimizer",
-    "fn(param_groups, lr, betas, eps, weight_decay, **extra) -> torch.optim.Optimizer; "
-    "weight decay must be decoupled from the LR",
-)
+from flexbert.registry import OPTIMIZERS
 
 
 @OPTIMIZERS.register("stable_adamw")

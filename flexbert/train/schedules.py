@@ -13,13 +13,7 @@ from typing import Union
 from composer.core import State, Time, TimeUnit
 from composer.optim.scheduler import ComposerScheduler
 
-from flexbert.registry import new_registry
-
-SCHEDULERS = new_registry(
-    "scheduler",
-    "cls(**scheduler_config_without_name) -> ComposerScheduler; called as sched(state, ssr) and "
-    "returns the LR multiplier (1.0 = the optimizer's lr)",
-)
+from flexbert.registry import SCHEDULERS
 
 TimeLike = Union[str, Time]
 DECAY_SHAPES = {
