@@ -40,15 +40,14 @@ SMALL = dict(
     mlp=dict(intermediate_size=384),
 )
 
-# ModernBERT-base (RECIPE.md), for GPU runs.
-BASE = dict(
-    vocab_size=50368, hidden_size=768, num_layers=22, max_position_embeddings=8192,
-    pad_token_id=50283, bos_token_id=50281, eos_token_id=50282, cls_token_id=50281,
-    sep_token_id=50282, mask_token_id=50284, sparse_prediction=True,
-    attention=dict(num_heads=12, global_every_n_layers=3, local_window=128),
-    position=dict(global_theta=160000.0, local_theta=10000.0),
-    mlp=dict(intermediate_size=1152),
-)
+
+
+def base_tree() -> dict:
+    """ModernBERT-base as the recipe ships it (configs/model/base.yaml), for GPU runs."""
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.load(ROOT / "configs" / "model" / "base.yaml")
+    return OmegaConf.to_container(tree.model if "model" in tree else tree)
 
 
 def flash_attn_installed() -> bool:
@@ -131,32 +130,7 @@ def paper_cases(long_scale: int) -> list[LengthCase]:
     ]
 
 
-# --- FLOP counts ----------------------------------------------------------------------------------
-
-def _linear_flops(cfg, tokens: int, masked: int) -> int:
-    """Training (forward + backward = 3x forward) matmul FLOPs: encoder weights and the MLM head's
-    dense layer on every token, the decoder on masked tokens only (sparse prediction)."""
-    d, inter = cfg.hidden_size, cfg.mlp.intermediate_size
-    per_layer = d * 3 * d + d * d + d * 2 * inter + inter * d
-    return 6 * (cfg.num_layers * per_layer + d * d) * tokens + 6 * d * cfg.vocab_size * masked
-
-
-def _window_pairs(n: int, w: int) -> int:
-    if n <= w + 1:
-        return n * n
-    # each token sees min(t, w) keys before and min(n - 1 - t, w) after, plus itself
-    before = sum(min(t, w) for t in range(min(n, w))) + w * max(0, n - w)
-    return n + 2 * before
-
-
-def step_flops(cfg, lengths: list[int], masked: int) -> float:
-    """Model FLOPs of one training step, the MFU numerator: matmuls plus 12 x hidden per attended
-    (query, key) pair, pairs counted exactly per document (global: L^2; local: within +-window/2)."""
-    w = cfg.attention.local_window // 2
-    pairs = sum(sum(n * n for n in lengths) if cfg.is_global_layer(i)
-                else sum(_window_pairs(n, w) for n in lengths) for i in range(cfg.num_layers))
-    return float(_linear_flops(cfg, sum(lengths), masked) + 12 * cfg.hidden_size * pairs)
-
+# --- FLOP counts (the model FLOPs themselves: flexbert.runtime.perf) ----------------------------------------------------------------------------------
 
 def executed_flops(cfg, lengths: list[int], masked: int, impl: str) -> float:
     """FLOPs an implementation really spends on one step of one-document-per-row padded input.
@@ -166,14 +140,16 @@ def executed_flops(cfg, lengths: list[int], masked: int, impl: str) -> float:
     tokens only; global layers L^2 per document; local layers blocks of b queries x (b + 2w) keys.
     The ratio of two of these is the most an implementation can gain on matmul-bound hardware.
     """
+    from flexbert.runtime.perf import linear_flops
+
     d, L, w = cfg.hidden_size, cfg.num_layers, cfg.attention.local_window // 2
     if impl != "flexbert unpadded":
         slots = len(lengths) * max(lengths)
-        return float(_linear_flops(cfg, slots, masked) + 12 * d * L * len(lengths) * max(lengths) ** 2)
+        return float(linear_flops(cfg, slots, masked) + 12 * d * L * len(lengths) * max(lengths) ** 2)
     tokens, block = sum(lengths), max(w, 32)
     local = -(-tokens // block) * block * (block + 2 * w)
     pairs = sum(sum(n * n for n in lengths) if cfg.is_global_layer(i) else local for i in range(L))
-    return float(_linear_flops(cfg, tokens, masked) + 12 * d * pairs)
+    return float(linear_flops(cfg, tokens, masked) + 12 * d * pairs)
 
 
 def padded_batch(lengths: list[int], vocab: int, pad_id: int, gen: torch.Generator,

@@ -20,19 +20,18 @@ import torch
 
 import common as C
 
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), from the vendors' data sheets.
-PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 NVL": 835.0,
-                    "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1,
-                    "RTX 4090": 165.2, "A10G": 70.0}
+from flexbert.runtime.perf import peak_flops, step_flops
+
 
 
 def device_peak(name: str, override: float) -> tuple[float, str]:
+    """The peak from flexbert.runtime.perf's table (the one the trainer's MFU uses)."""
     if override:
         return override * 1e12, "given with --peak-tflops"
-    for key, tflops in PEAK_BF16_TFLOPS.items():  # most specific names first
-        if key in name:
-            return tflops * 1e12, f"{key} dense bf16 data-sheet peak"
-    raise SystemExit(f"unknown GPU {name!r}: pass --peak-tflops with its dense bf16 peak")
+    peak = peak_flops(name)
+    if peak is None:
+        raise SystemExit(f"unknown GPU {name!r}: pass --peak-tflops with its dense bf16 peak")
+    return peak, "dense bf16 data-sheet peak (flexbert.runtime.perf.PEAK_FLOPS)"
 
 
 def packed_batches(seq_len: int, rows: int, count: int, vocab: int, mask_id: int, gen):
@@ -101,7 +100,7 @@ def main() -> None:
               "no results written. Run it on a GPU machine.")
         return
     device = torch.device("cuda" if not args.cpu_smoke else "cpu")
-    tree = C.BASE if not args.cpu_smoke else C.SMALL
+    tree = C.base_tree() if not args.cpu_smoke else C.SMALL
     kernel = args.kernel or (C.best_kernel() if not args.cpu_smoke else "sdpa")
     from flexbert.model import FlexBertForMaskedLM
 
@@ -126,7 +125,7 @@ def main() -> None:
     for seq_len, rows in cases:
         batches = packed_batches(seq_len, rows, 4, cfg.vocab_size, cfg.mask_token_id, gen)
         res = run_case(model, opt, batches, args.steps, args.warmup, device)
-        flops = [C.step_flops(cfg, b["lengths"], b["prediction_indices"].numel()) for b in batches]
+        flops = [step_flops(cfg, b["lengths"], b["prediction_indices"].numel()) for b in batches]
         tokens = [len(b["input_ids"]) for b in batches]
         rep_tokens = [tokens[i % len(batches)] for i in range(args.steps)]
         rep_flops = [flops[i % len(batches)] for i in range(args.steps)]

@@ -169,7 +169,7 @@ def main() -> None:
     device = torch.device("cuda" if cuda else "cpu")
     args.long_scale = args.long_scale or 1  # the paper's lengths; > 1 shortens a slow CPU run
     if cuda:
-        tree, dtype, kernel = C.BASE, torch.bfloat16, C.best_kernel()
+        tree, dtype, kernel = C.base_tree(), torch.bfloat16, C.best_kernel()
         args.docs = args.docs or 8192
     else:
         tree, dtype, kernel = C.SMALL, torch.float32, "sdpa"

@@ -14,7 +14,9 @@ import torch
 
 import common as C
 
-H100_BF16_PEAK = 989.4e12  # dense bf16 FLOP/s, H100 SXM
+from flexbert.runtime.perf import peak_flops, step_flops
+
+H100_BF16_PEAK = peak_flops("H100 SXM")  # dense bf16 FLOP/s (flexbert.runtime.perf)
 
 
 def _packed(rows: int, row_len: int, lengths: list[int]) -> dict:
@@ -59,7 +61,7 @@ def mask_costs(reps: int = 5) -> list[dict]:
     from flexbert.model.attention.kernels import _allowed, _block_mask
     from flexbert.model.attention.layout import describe_batch
 
-    cfg = C.model_cfg(C.BASE)
+    cfg = C.model_cfg(C.base_tree())
     window = cfg.attention.local_window // 2
     out = []
     for name, b in _batches().items():
@@ -81,7 +83,7 @@ def mask_costs(reps: int = 5) -> list[dict]:
                 _block_mask(layout, w)
 
         lengths = (layout.cu_seqlens[1:] - layout.cu_seqlens[:-1]).tolist()
-        step_s = C.step_flops(cfg, lengths, round(0.3 * n)) / H100_BF16_PEAK
+        step_s = step_flops(cfg, lengths, round(0.3 * n)) / H100_BF16_PEAK
         row = {"batch": name, "tokens": n, "documents": len(lengths),
                "base_step_ms_at_h100_peak": round(1e3 * step_s, 2),
                "describe_batch_ms": _median_ms(describe, reps),

@@ -13,7 +13,6 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 

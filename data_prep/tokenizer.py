@@ -93,15 +93,21 @@ def _pad_vocab(tok, vocab_size: int) -> None:
         tok.add_special_tokens([f"[UNUSED{i}]" for i in range(missing)])
 
 
-def load_tokenizer(name_or_dir: str):
-    """Load a tokenizer from a local directory or the Hub and check the MLM special tokens exist."""
+def open_tokenizer(name_or_dir: str):
+    """The one place FlexBERT opens a tokenizer (folder or Hub name): never with the folder's own
+    code (`trust_remote_code=False`)."""
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(str(name_or_dir), trust_remote_code=False)
+
+
+def load_tokenizer(name_or_dir: str):
+    """Load a tokenizer from a local directory or the Hub and check the MLM special tokens exist."""
     if not Path(name_or_dir).exists() and (name_or_dir.startswith((".", "/")) or os.sep in name_or_dir
                                            and not _looks_like_hub_id(name_or_dir)):
         raise DataPrepError(f"tokenizer {name_or_dir}: no such directory")
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_dir)
+        tok = open_tokenizer(name_or_dir)
     except Exception as exc:  # transformers raises many types; the user needs the path + cause
         raise DataPrepError(f"tokenizer {name_or_dir}: cannot load ({exc})") from exc
     check_special_tokens(tok, name_or_dir)

@@ -52,13 +52,13 @@ def _source_tokenizer(src: str):
     """The tokenizer saved with a model (folder or Hub name), or None when it has none."""
     import os
 
-    from transformers import AutoTokenizer
+    from data_prep.tokenizer import open_tokenizer
 
     files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
     if os.path.isdir(src) and not any(os.path.isfile(os.path.join(src, f)) for f in files):
         return None
     try:
-        return AutoTokenizer.from_pretrained(src)
+        return open_tokenizer(src)
     except (OSError, ValueError):
         return None
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from flexbert.data.config import DataConfig, as_data_config, validate_data_config
 from flexbert.data.dataset import META_KEY, PackedMLMDataset
 from flexbert.data.documents import run_encoder
-from flexbert.data.packing import num_samples, num_tokens, split_packed_batch
+from flexbert.data.packing import num_samples, split_packed_batch, token_counts
 from flexbert.data.streams import build_streaming_dataset
 
 
@@ -114,8 +114,9 @@ def build_pretraining_dataloader(cfg: Union[DataConfig, dict, Any], tokenizer: A
 
 
 def build_data_spec(loader: PackedDataLoader):
-    """Composer DataSpec with row-wise splitting that recomputes cu_seqlens, and real-token counts."""
+    """The Composer DataSpec the trainer uses: row-wise splitting that recomputes cu_seqlens,
+    real-token and masked-token counts (flexbert.data.packing.token_counts)."""
     from composer.core import DataSpec
 
-    return DataSpec(loader, split_batch=split_packed_batch, get_num_tokens_in_batch=num_tokens,
+    return DataSpec(loader, split_batch=split_packed_batch, get_num_tokens_in_batch=token_counts,
                     get_num_samples_in_batch=num_samples)

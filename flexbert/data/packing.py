@@ -118,6 +118,13 @@ def num_tokens(batch: dict) -> int:
     return int(batch["input_ids"].numel())
 
 
+def token_counts(batch: dict) -> dict[str, int]:
+    """Composer's token counts for a batch: real tokens advance the clock; masked tokens weight
+    microbatches and ranks, so a step's loss is the mean over every masked token of the global
+    batch (Composer's "loss_generating" count)."""
+    return {"total": num_tokens(batch), "loss_generating": int((batch["labels"] != -100).sum())}
+
+
 def num_samples(batch: dict) -> int:
     """Rows in a padded batch, documents in a 1-D batch."""
     if batch["input_ids"].dim() == 2:

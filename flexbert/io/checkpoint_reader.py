@@ -288,9 +288,9 @@ def _mask_id_from_tokenizer(source: str) -> Optional[int]:
             (Path(source) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         return None
     try:
-        from transformers import AutoTokenizer
+        from data_prep.tokenizer import open_tokenizer
 
-        return AutoTokenizer.from_pretrained(source).mask_token_id
+        return open_tokenizer(source).mask_token_id
     except (OSError, ValueError):
         return None
 

@@ -89,11 +89,12 @@ def checkpoint_model(path: str | os.PathLike, config: Optional[str] = None, trus
 # --- writing a Hugging Face folder -----------------------------------------------------------------
 
 def load_tokenizer(source: Optional[str]) -> Any:
+    """The tokenizer to publish beside the weights, or None when the run names none."""
     if not source:
         return None
-    from transformers import AutoTokenizer
+    from data_prep.tokenizer import open_tokenizer
 
-    return AutoTokenizer.from_pretrained(source)
+    return open_tokenizer(source)
 
 
 def model_card(info: dict, repo_id: Optional[str] = None, revision: Optional[str] = None) -> str:

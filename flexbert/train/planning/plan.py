@@ -25,7 +25,7 @@ from flexbert.config import ConfigError
 
 GIB = 1 << 30
 # Memory per GPU (GiB, as the cards are sold) for `--gpus NxNAME`; peak bf16 FLOP/s come from
-# callbacks.PEAK_FLOPS, the table the MFU callback uses.
+# flexbert.runtime.perf.PEAK_FLOPS, the table the MFU callback uses.
 GPU_MEMORY_GIB = {"H200": 141, "H100": 80, "A100": 80, "A100-40": 40, "L40S": 48, "A10G": 24,
                   "L4": 24, "4090": 24, "V100": 32}
 HEADROOM = 0.90        # of GPU memory for states + activations; the rest: CUDA context, allocator

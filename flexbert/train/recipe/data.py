@@ -49,23 +49,12 @@ def data_config(tree: Any, data_dir: str, batch: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {err}") from None
 
 
-def token_counts(batch: Any) -> dict[str, int]:
-    """Real tokens advance the clock; masked tokens weight microbatches and ranks, so the step's
-    loss is the mean over every masked token of the global batch (loss_generating)."""
-    from flexbert.data import num_tokens
-
-    return {"total": num_tokens(batch), "loss_generating": int((batch["labels"] != -100).sum())}
-
-
 def _spec(recipe: Any, split: str, global_rows: int) -> Any:
-    from composer.core import DataSpec
-
-    from flexbert.data import build_pretraining_dataloader, num_samples, split_packed_batch
+    from flexbert.data import build_data_spec, build_pretraining_dataloader
 
     rows = per_rank(global_rows, "batch", recipe.source)
     loader = build_pretraining_dataloader(recipe.data, device_batch_size=rows, split=split)
-    return DataSpec(loader, split_batch=split_packed_batch, get_num_tokens_in_batch=token_counts,
-                    get_num_samples_in_batch=num_samples)
+    return build_data_spec(loader)
 
 
 def train_dataspec(recipe: Any) -> Any:
