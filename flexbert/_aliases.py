@@ -39,7 +39,7 @@ MODULES: dict[str, str | tuple[str, ...]] = {
     "flexbert.train.publish": ("flexbert.io.publish", "flexbert.train.callbacks.publish"),
     "flexbert.train.hub": "flexbert.io.hub",
     "flexbert.train.average": "flexbert.io.average",
-    "flexbert.train.commands": "flexbert.io.commands",
+    "flexbert.train.commands": "flexbert.io.cli",
     "flexbert.train.model": "flexbert.runtime.composer_model",
     "flexbert.train.config": ("flexbert.train.recipe.schema", "flexbert.train.recipe.load"),
     "flexbert.train.recipe_help": "flexbert.train.recipe.help",

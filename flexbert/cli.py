@@ -13,7 +13,7 @@ from typing import Sequence
 from flexbert.commands import COMMANDS, command  # noqa: F401  (`command`: plugins add theirs)
 
 # Each room registers its subcommands in flexbert.commands; this module only runs them.
-ROOMS_WITH_COMMANDS = ("flexbert.io.commands", "flexbert.sweep", "flexbert.finetune",
+ROOMS_WITH_COMMANDS = ("flexbert.io.cli", "flexbert.sweep", "flexbert.finetune",
                        "flexbert.train.planning.plan", "flexbert.interop.modernbert",
                        "flexbert.evaluation")
 
@@ -112,7 +112,7 @@ def _load_plugins() -> None:
     """Import modules that register further subcommands (training, publishing, sweeps)."""
     import importlib
 
-    for module in ("flexbert.io.commands", "flexbert.sweep", "flexbert.finetune",
+    for module in ("flexbert.io.cli", "flexbert.sweep", "flexbert.finetune",
                    "flexbert.train.planning.plan", "flexbert.interop.modernbert", "flexbert.evaluation"):
         try:
             importlib.import_module(module)

@@ -1,11 +1,11 @@
-"""`flexbert publish` and `flexbert average` (registered with flexbert.cli's `command`)."""
+X
 
 from __future__ import annotations
 
 import argparse
 
-from flexbert.io.checkpoint_reader import TRUST_FLAG
 from flexbert.commands import command
+from flexbert.io.checkpoint_reader import TRUST_FLAG
 
 
 def _publish_args(parser: argparse.ArgumentParser) -> None:
