@@ -1,5 +1,7 @@
 """GPU training throughput: ModernBERT-base, packed rows of 1024 (and 8192), bf16 autocast,
 torch.compile, the fastest FlexBERT kernel available; tokens/s per GPU and MFU vs the device peak.
+The step is the trainer's: configs/base.yaml's optimizer (StableAdamW) and precision, and the
+compile options train.py passes to Composer (flexbert.model.compile.compile_options).
 
 CUDA only: on a machine without a GPU it says so and writes nothing (--quick there runs the code
 path on a small CPU config).
@@ -58,10 +60,28 @@ def packed_batches(seq_len: int, rows: int, count: int, vocab: int, mask_id: int
     return out
 
 
-def run_case(model, opt, batches, steps: int, warmup: int, device) -> dict:
+AUTOCAST = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
+
+
+def trainer_setup(model, device):
+    """The optimizer, compile options and precision train.py uses for configs/base.yaml, so the
+    bench times the trainer's own step (StableAdamW, compile_options(), amp_bf16)."""
+    from flexbert.model.compile import compile_options
+    from flexbert.train.optim import build_optimizer
+    from flexbert.train.recipe.load import load_recipe
+
+    recipe = load_recipe(C.ROOT / "configs" / "base.yaml")
+    optimizer = build_optimizer(model, recipe.cfg.optimizer)
+    return optimizer, compile_options(), recipe.cfg.trainer.precision
+
+
+def run_case(model, opt, batches, steps: int, warmup: int, device, precision: str) -> dict:
+    dtype = AUTOCAST.get(precision)
+
     def step(b):
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=dtype or torch.float32,
+                            enabled=device.type == "cuda" and dtype is not None):
             loss = model(input_ids=b["input_ids"], cu_seqlens=b["cu_seqlens"],
                          max_seqlen=b["max_seqlen"], labels=b["labels"],
                          prediction_indices=b["prediction_indices"]).loss
@@ -107,11 +127,10 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = C.model_cfg(tree, padding="unpadded", **{"attention.kernel": kernel})
     model = FlexBertForMaskedLM(cfg).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=8e-4, betas=(0.9, 0.98), eps=1e-6,
-                            weight_decay=1e-5, fused=device.type == "cuda")
+    opt, compile_kwargs, precision = trainer_setup(model, device)
     compiled = not args.no_compile and not args.cpu_smoke
     if compiled:
-        model = torch.compile(model)
+        model = torch.compile(model, **compile_kwargs)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu smoke"
     peak, peak_src = device_peak(name, args.peak_tflops or (1.0 if args.cpu_smoke else 0.0))
     gen = torch.Generator().manual_seed(0)
@@ -119,12 +138,12 @@ def main() -> None:
     if args.cpu_smoke:
         cases, args.steps, args.warmup = [(256, 2), (512, 1)], 2, 1
     payload = {"benchmark": "gpu_throughput", "machine": C.machine(device), "kernel": kernel,
-               "compiled": compiled, "precision": "bf16 autocast, fp32 weights, fused AdamW",
+               "compiled": compiled, "precision": f"{precision} (configs/base.yaml), fp32 weights, {type(opt).__name__}",
                "peak_flops": peak, "peak_source": peak_src, "memory_method": C.MEMORY_METHOD[device.type],
                "cases": []}
     for seq_len, rows in cases:
         batches = packed_batches(seq_len, rows, 4, cfg.vocab_size, cfg.mask_token_id, gen)
-        res = run_case(model, opt, batches, args.steps, args.warmup, device)
+        res = run_case(model, opt, batches, args.steps, args.warmup, device, precision)
         flops = [step_flops(cfg, b["lengths"], b["prediction_indices"].numel()) for b in batches]
         tokens = [len(b["input_ids"]) for b in batches]
         rep_tokens = [tokens[i % len(batches)] for i in range(args.steps)]
