@@ -165,3 +165,9 @@ def test_old_paths_still_import_with_a_warning():
     from flexbert.registry import NORMS as declared
 
     assert NORMS is declared and "layernorm" in NORMS
+
+
+def test_every_module_imports():
+    """Each module imports on its own (a module no other test reaches still has to load)."""
+    for name in MODULES:
+        importlib.import_module(name)

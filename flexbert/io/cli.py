@@ -1,4 +1,4 @@
-X
+"""`flexbert publish` and `flexbert average` (registered in flexbert.commands)."""
 
 from __future__ import annotations
 
