@@ -51,21 +51,33 @@ def data_config(tree: Any, data_dir: str, batch: Any, source: str) -> Any:
 
 def token_counts(batch: Any) -> dict[str, int]:
     """Real tokens advance the clock; masked tokens weight microbatches and ranks, so the step's
-    loss is the mean over every masked token of the global batch (loss_generating)."""
+    loss is the mean over every masked token of the global batch (loss_generating).
+
+    Composer asks for these on every microbatch after it is on the device (before each
+    forward): the sizes of the collator's `indices` / `prediction_indices` are host ints, where
+    summing the mask or the labels would stall the host on a GPU twice per microbatch."""
     from flexbert.data import num_tokens
 
+    if "indices" in batch and "prediction_indices" in batch:
+        return {"total": batch["indices"].numel(), "loss_generating": batch["prediction_indices"].numel()}
     return {"total": num_tokens(batch), "loss_generating": int((batch["labels"] != -100).sum())}
 
 
-def _spec(recipe: Any, split: str, global_rows: int) -> Any:
+def data_spec(loader: Any) -> Any:
+    """Composer's DataSpec for a packed loader: row splits and host-side counts."""
     from composer.core import DataSpec
 
-    from flexbert.data import build_pretraining_dataloader, num_samples, split_packed_batch
+    from flexbert.data import num_samples, split_packed_batch
 
-    rows = per_rank(global_rows, "batch", recipe.source)
-    loader = build_pretraining_dataloader(recipe.data, device_batch_size=rows, split=split)
     return DataSpec(loader, split_batch=split_packed_batch, get_num_tokens_in_batch=token_counts,
                     get_num_samples_in_batch=num_samples)
+
+
+def _spec(recipe: Any, split: str, global_rows: int) -> Any:
+    from flexbert.data import build_pretraining_dataloader
+
+    rows = per_rank(global_rows, "batch", recipe.source)
+    return data_spec(build_pretraining_dataloader(recipe.data, device_batch_size=rows, split=split))
 
 
 def train_dataspec(recipe: Any) -> Any:
