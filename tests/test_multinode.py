@@ -43,13 +43,29 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 
 
-def _check(proc, name: str) -> None:
-    out = proc.stdout.read() if hasattr(proc.stdout, "read") else proc.stdout
+def _check(proc, name: str, log: Path | None = None) -> None:
+    out = log.read_text() if log is not None else proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{name} failed:\n{out[-4000:]}"
+
+
+# Each "node" gets its own /dev/shm, as a real node has: Streaming's local leaders register their
+# shared memory under a prefix agreed over a world barrier, so two nodes on one host would both
+# create the same name (FileExistsError: '/0000NN_locals').
+OWN_SHM = ["unshare", "--mount", "sh", "-c",
+           'mount -t tmpfs -o size=1g tmpfs /dev/shm && exec "$@"', "node"]
+
+
+def _can_give_nodes_their_own_shm() -> bool:
+    try:
+        return subprocess.run([*OWN_SHM, "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 @pytest.fixture(scope="module")
 def runs(sample_corpus, tmp_path_factory) -> dict[str, Path]:
+    if not _can_give_nodes_their_own_shm():
+        pytest.skip("needs `unshare --mount` (root or CAP_SYS_ADMIN) for a /dev/shm per node")
     root = tmp_path_factory.mktemp("multinode")
     folders = {name: root / name for name in ("single", "two_nodes", "resumed")}
     single = subprocess.run(["composer", "-n", "4", "--master_port", str(free_port()),
@@ -58,16 +74,20 @@ def runs(sample_corpus, tmp_path_factory) -> dict[str, Path]:
                             env=_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     _check(single, "single launcher, 4 ranks")
     port = free_port()
-    nodes = [subprocess.Popen(
-        ["composer", "--world_size", "4", "--nproc", "2", "--node_rank", str(rank),
-         "--master_addr", "127.0.0.1", "--master_port", str(port),
-         *args(sample_corpus, folders["two_nodes"], f"data.cache_dir={root / f'cache_node{rank}'}",
-               "trainer.activation_checkpointing=1")],
-        env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for rank in (0, 1)]
-    for rank, node in enumerate(nodes):
-        node.wait(timeout=900)
-        _check(node, f"node {rank} of 2")
+
+    def node(rank: int) -> subprocess.Popen:
+        log = open(root / f"node{rank}.log", "w")  # a file: an unread pipe could fill and block
+        return subprocess.Popen(
+            [*OWN_SHM, "composer", "--world_size", "4", "--nproc", "2", "--node_rank", str(rank),
+             "--master_addr", "127.0.0.1", "--master_port", str(port),
+             *args(sample_corpus, folders["two_nodes"], f"data.cache_dir={root / f'cache_node{rank}'}",
+                   "trainer.activation_checkpointing=1")],
+            env=_env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+    nodes = [node(0), node(1)]
+    for rank, launched in enumerate(nodes):
+        launched.wait(timeout=900)
+        _check(launched, f"node {rank} of 2", root / f"node{rank}.log")
     resumed = subprocess.run(
         ["composer", "-n", "2", "--master_port", str(free_port()),
          *args(sample_corpus, folders["resumed"], f"load_path={folders['two_nodes'] / 'ep0-ba2'}",
