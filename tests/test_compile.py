@@ -18,7 +18,7 @@ from torch._dynamo.utils import counters
 from flexbert.data import DataConfig, StreamConfig, build_data_spec, build_pretraining_dataloader
 from flexbert.model.attention.kernels import compiled_flex, flex_cpu_backward
 from flexbert.model import FlexBertForMaskedLM
-from flexbert.model.compile import compile_options
+from flexbert.model.compile import compile_options, scope_compiled_forward, without_duck_shapes
 from flexbert.model.attention.layout import describe_batch
 from helpers import tiny_config
 
@@ -86,6 +86,7 @@ def test_training_steps_from_the_loader_compile_at_most_three_graphs(short_docs)
                       optimizers=torch.optim.AdamW(model.parameters(), lr=1e-3),
                       compile_config={**compile_options(), "backend": counter}, loggers=[],
                       device_train_microbatch_size=ROWS)
+    scope_compiled_forward(trainer.state.model)  # as build_trainer does
     trainer.fit()
     assert int(trainer.state.timestamp.batch) == STEPS
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
@@ -117,6 +118,11 @@ def test_trainer_compile_uses_the_dynamic_options():
 
     import torch.fx.experimental._config as fx_config
 
+    before = fx_config.use_duck_shape
     kwargs = gpu_only(TrainerConfig(compile=True, compile_on_cpu=True), "cpu")
     assert kwargs["compile_config"] == compile_options() == {"dynamic": True}
-    assert fx_config.use_duck_shape is False
+    assert fx_config.use_duck_shape is before is True  # no process-wide side effect
+    seen = []
+    scoped = without_duck_shapes(lambda: seen.append(fx_config.use_duck_shape))
+    scoped()
+    assert seen == [False] and fx_config.use_duck_shape is True

@@ -41,12 +41,19 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def runs(sample_corpus, tmp_path_factory) -> dict[str, Path]:
+    from test_eval import write_classification
+
     root = tmp_path_factory.mktemp("fsdp")
     folders = {"ddp": root / "ddp", "fsdp": root / "fsdp"}
+    task = write_classification(root / "tasks" / "banana", n_train=32, n_dev=16)
+    downstream = ["callbacks.downstream_eval.enabled=true", f"callbacks.downstream_eval.tasks=[{task}]",
+                  "callbacks.downstream_eval.seeds=[1]", "callbacks.downstream_eval.wait_at_end=300",
+                  "callbacks.downstream_eval.options={epochs: 1, max_seq_len: 32, batch_size: 16, "
+                  "precision: fp32}"]
     extra = {"ddp": ["export.hf_folder=null"],
              "fsdp": ["trainer.fsdp.version=2", "trainer.fsdp.state_dict_type=sharded",
                       "trainer.activation_checkpointing=2", "export.hf_folder=hf",
-                      "callbacks.publish.enabled=true"]}
+                      "callbacks.publish.enabled=true", *downstream]}
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # 2 ranks on 2 cores
     for name, folder in folders.items():  # one at a time: Streaming's shared memory is per host
         proc = subprocess.run(
@@ -96,6 +103,23 @@ def test_gathered_hf_folders_load_in_transformers(runs):
         model = from_transformers(AutoModelForMaskedLM.from_pretrained(hf_dir))
         for key, value in model.state_dict().items():
             assert torch.equal(value, weights[key]), (hf_dir, key)
+
+
+def test_downstream_snapshot_is_gathered_under_fsdp2(runs):
+    """callbacks.downstream_eval under FSDP2: every rank gathers, rank 0 writes the snapshot (it
+    used to call state_dict() on rank 0 alone: a hang under FSDP v1, DTensors under FSDP2), the
+    run finishes, the snapshot holds the run's final weights as its HF export does, and its
+    evaluation ran and was logged at the snapshot's step."""
+    from transformers import AutoModelForMaskedLM
+
+    snapshot = runs["fsdp"] / "downstream" / f"step{STEPS}" / "model"
+    ours = AutoModelForMaskedLM.from_pretrained(snapshot).state_dict()
+    export = AutoModelForMaskedLM.from_pretrained(runs["fsdp"] / "hf").state_dict()
+    assert ours.keys() == export.keys()
+    for key, value in export.items():
+        assert torch.equal(ours[key], value), key
+    row = read_metrics(str(runs["fsdp"] / "metrics.jsonl"))[-1]
+    assert row["step"] == STEPS and "downstream/banana/accuracy" in row, sorted(row)
 
 
 class _Evil:

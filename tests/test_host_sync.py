@@ -86,3 +86,46 @@ def test_microbatch_split_recomputes_indices():
         assert torch.equal(part["indices"], fresh["indices"])
         assert torch.equal(part["prediction_indices"], fresh["prediction_indices"])
         assert int(part["indices"].max()) < part["attention_mask"].numel()
+
+
+def _composer_step(spec, model, host_batch: dict, microbatch_rows: int, device: str) -> None:
+    """One training step in the order Composer 0.32.1's Trainer makes its calls (trainer.py:
+    the fit loop, `_train_batch`, `_train_microbatches`, `_train_microbatch`), with
+    accumulate_train_batch_on_tokens as build_trainer sets it; only the device is ours."""
+    import copy
+
+    batch = spec.batch_transforms(host_batch)
+    assert spec.get_num_samples_in_batch(batch) > 0      # the loop's counters, host batch
+    assert spec.get_num_tokens_in_batch(batch) > 0
+    microbatches = spec.split_batch(batch, microbatch_rows)
+    total = sum(spec.get_num_tokens_in_batch(b, token_type="loss_generating") for b in microbatches)
+    for microbatch in microbatches:
+        microbatch = spec.microbatch_transforms(_to(microbatch, device))  # batch_to_device
+        kept = copy.deepcopy(microbatch)
+        size = spec.get_num_tokens_in_batch(microbatch, token_type="loss_generating")
+        outputs = model(microbatch)
+        loss = model.loss(outputs, microbatch)
+        (loss * (size / total)).backward()
+        for metric in model.get_metrics(is_train=True).values():
+            model.update_metric(kept, outputs, metric.to(device))
+
+
+def test_whole_composer_step_with_the_data_spec_runs_on_meta():
+    """The DataSpec's counts included: a count read from device tensors would need data here."""
+    from flexbert.data import build_data_spec as data_spec
+    from flexbert.runtime.composer_model import ComposerFlexBertMLM
+
+    model = ComposerFlexBertMLM(FlexBertForMaskedLM(tiny_config(padding="padded",
+                                                                sparse_prediction=True)))
+    model.to("meta")
+    _composer_step(data_spec([]), model, _batch(), 2, "meta")
+    assert model.model.decoder.weight.grad is not None and model.model.decoder.weight.grad.is_meta
+
+
+def test_data_spec_counts_are_the_batch_sizes():
+    from flexbert.data import build_data_spec as data_spec
+
+    spec, b = data_spec([]), _batch()
+    assert spec.get_num_tokens_in_batch(b) == int(b["attention_mask"].sum())
+    assert spec.get_num_tokens_in_batch(b, "loss_generating") == int((b["labels"] != -100).sum())
+    assert spec.get_num_samples_in_batch(b) == b["input_ids"].shape[0]

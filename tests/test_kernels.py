@@ -220,3 +220,60 @@ def test_flex_block_mask_equals_create_block_mask(layout_name, window):
         got, want = (_dense_blocks(getattr(m, f"{kind}_num_blocks"), getattr(m, f"{kind}_indices"))
                      for m in (ours, ref))
         assert torch.equal(got, want), kind
+
+
+# --- choices made once, and float32 refused where the kernel cannot take it ----------------------
+
+@pytest.mark.parametrize("kernel", ["flash_attn", "varlen_attn"])
+def test_half_precision_kernels_refuse_fp32_at_recipe_load(kernel):
+    """flash-attn raises deep in its extension on float32 inputs, after the model is built and
+    the data loaded; the recipe names the key instead."""
+    from pathlib import Path
+
+    from flexbert.config import ConfigError
+    from flexbert.train.recipe.load import load_recipe
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    args = ["data_dir=x", f"model.attention.kernel={kernel}", "model.padding=unpadded",
+            "model.attention.dropout=0.0", "model.attention.local_window=0"]
+    with pytest.raises(ConfigError, match=rf"trainer\.precision: model\.attention\.kernel '{kernel}' "
+                                          r"computes in bf16/fp16 only and 'fp32'"):
+        load_recipe(tiny, [*args, "trainer.precision=fp32"])
+    load_recipe(tiny, [*args, "trainer.precision=amp_bf16"])  # the GPU setting loads
+
+
+@pytest.mark.parametrize("kernel", ["flash_attn", "varlen_attn"])
+def test_half_precision_kernels_refuse_fp32_inputs_naming_the_key(kernel):
+    layout, mask = _packed_layout("unpadded")
+    q, k, v = _qkv(int(mask.sum()))
+    with pytest.raises(ValueError, match=rf"model.attention.kernel '{kernel}': got torch.float32 "
+                                         "inputs; this kernel needs bf16/fp16 autocast"):
+        KERNELS.get(kernel)(q, k, v, layout, None, 0.0)
+
+
+def test_varlen_window_support_is_resolved_at_registration():
+    """Read once from torch's signature when the kernel is registered (no inspect per forward);
+    a torch without windowed varlen_attn refuses local layers when the config is checked."""
+    from flexbert.config import ConfigError
+    from flexbert.model.attention import kernels
+
+    spec = KERNELS.get("varlen_attn")
+    assert spec.supports_window is kernels._VARLEN_WINDOW
+    if spec.supports_window:
+        pytest.skip("this torch's varlen_attn has a sliding window")
+    with pytest.raises(ConfigError, match=r"attention\.local_window: kernel 'varlen_attn' has no "
+                                          "sliding window"):
+        tiny_config(**{"attention.kernel": "varlen_attn", "padding": "unpadded",
+                       "attention.dropout": 0.0, "attention.local_window": 8})
+
+
+def test_compiled_flex_is_chosen_by_the_tensors_device():
+    """CPU tensors get eager FlexAttention even on a machine with a GPU; CUDA tensors the
+    compiled one (built lazily: nothing compiles until it is called)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from flexbert.model.attention.kernels import flex_for_device
+
+    assert flex_for_device("cpu") is flex_attention
+    assert flex_for_device("meta") is flex_attention
+    assert flex_for_device("cuda") is not flex_attention

@@ -56,3 +56,45 @@ def test_rotation_preserves_norm_and_depends_only_on_relative_position():
     _, kb = rotary.rotate(q, k, rotary.prepare(pos_b + 7), True)
     _, ka2 = rotary.rotate(q, k, rotary.prepare(pos_b), True)
     torch.testing.assert_close((qa * ka2).sum(-1), (qb * kb).sum(-1), atol=1e-5, rtol=0)
+
+
+def cast_buffers_like_fsdp_v1(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """What torch FSDP (v1) does with MixedPrecision(buffer_dtype=...) in the first forward:
+    `_cast_buffers_to_dtype_and_device` sets `buffer.data = buffer.to(dtype)` for every floating
+    buffer (torch/distributed/fsdp/_runtime_utils.py). Composer's DEFAULT and PURE mixed
+    precision set buffer_dtype to bf16."""
+    for buffer in model.buffers():
+        if torch.is_floating_point(buffer):
+            buffer.data = buffer.to(dtype=dtype)
+
+
+def _phase_error(rotary, positions: torch.Tensor, theta: float, head_dim: int) -> float:
+    """Largest |angle used - exact angle| (radians, wrapped) over the positions, global layers."""
+    cos, sin = rotary.prepare(positions[None])[True]
+    used = torch.atan2(sin[..., : head_dim // 2], cos[..., : head_dim // 2]).double().squeeze()
+    exact = positions.double()[:, None] / theta ** (torch.arange(0, head_dim, 2).double() / head_dim)
+    diff = torch.remainder(used - exact + torch.pi, 2 * torch.pi) - torch.pi
+    return float(diff.abs().max())
+
+
+def test_rope_angles_stay_float32_when_a_wrapper_casts_buffers_to_bf16():
+    """Base shape (head dim 64), context-extension theta 160k: angles at 8192 within 1e-3 rad
+    of the exact ones after FSDP v1 casts buffers (they were pi off with bf16 buffers)."""
+    cfg = tiny_config(**{"hidden_size": 128, "attention.num_heads": 2,
+                         "position.global_theta": 160000.0})
+    model = FlexBertForMaskedLM(cfg)
+    cast_buffers_like_fsdp_v1(model, torch.bfloat16)
+    positions = torch.arange(8193)
+    assert _phase_error(model.model.position, positions, 160000.0, 64) < 1e-3
+
+
+def test_bf16_buffers_leave_the_outputs_unchanged():
+    torch.manual_seed(0)
+    cfg = tiny_config(**{"init.std": 0.5, "position.global_theta": 160000.0})
+    reference = FlexBertForMaskedLM(cfg).eval()
+    cast = FlexBertForMaskedLM(cfg).eval()
+    cast.load_state_dict(reference.state_dict())
+    cast_buffers_like_fsdp_v1(cast, torch.bfloat16)
+    ids, mask = mixed_batch([300, 40])
+    with torch.no_grad():
+        assert torch.equal(reference(ids, mask).logits, cast(ids, mask).logits)

@@ -121,7 +121,14 @@ def num_tokens(batch: dict) -> int:
 def token_counts(batch: dict) -> dict[str, int]:
     """Composer's token counts for a batch: real tokens advance the clock; masked tokens weight
     microbatches and ranks, so a step's loss is the mean over every masked token of the global
-    batch (Composer's "loss_generating" count)."""
+    batch (Composer's "loss_generating" count).
+
+    Composer asks for these on every microbatch after it is on the device (before each
+    forward): the sizes of the collator's `indices` / `prediction_indices` are host ints, where
+    summing the mask or the labels would stall the host on a GPU twice per microbatch."""
+    if "indices" in batch and "prediction_indices" in batch:
+        return {"total": batch["indices"].numel(),
+                "loss_generating": batch["prediction_indices"].numel()}
     return {"total": num_tokens(batch), "loss_generating": int((batch["labels"] != -100).sum())}
 
 

@@ -95,6 +95,9 @@ def validate_model_config(cfg: ModelConfig, source: str = "<config>", prefix: st
     if layout not in kernel.layouts:
         fail("attention.kernel", f"{attn.kernel!r} cannot serve the {cfg.padding!r} layout; "
              f"kernels for {layout}: {', '.join(kernels_for(layout))}")
+    if not kernel.supports_window and any(not cfg.is_global_layer(i) for i in range(cfg.num_layers)):
+        fail("attention.local_window", f"kernel {attn.kernel!r} has no sliding window in this "
+             "torch; set 0 (every layer global) or use the flex or flash_attn kernel")
     if attn.dropout > 0 and not kernel.supports_dropout:
         fail("attention.dropout", f"kernel {attn.kernel!r} has no attention dropout (of the "
              "probabilities); set 0 (attention.out_dropout works with every kernel)")

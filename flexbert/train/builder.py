@@ -7,13 +7,12 @@ import os
 from typing import Any, Optional
 
 from composer import Evaluator, Trainer
-from composer.algorithms import GradientClipping
 from composer.callbacks import LRMonitor
 from composer.loggers import WandBLogger
 from composer.utils import dist, maybe_create_object_store_from_uri, parse_uri, reproducibility
 
 from flexbert.io.checkpoint_reader import guard_composer_loads
-from flexbert.model.compile import compile_options
+from flexbert.model.compile import compile_options, scope_compiled_forward
 from flexbert.runtime.composer_model import ComposerFlexBertMLM
 from flexbert.runtime.device import pick_device, pick_precision
 from flexbert.runtime.metrics_file import MetricsJSONL
@@ -124,8 +123,9 @@ def build_callbacks(recipe: Recipe) -> list:
                                   device_peak_flops())]
     if cfg.callbacks.lr_monitor:
         callbacks.append(LRMonitor())
-    if cfg.callbacks.grad_norm:
-        callbacks.append(GradNorm())
+    clip = cfg.trainer.grad_clip_norm
+    if cfg.callbacks.grad_norm or clip > 0:  # one norm per step serves the log and the clipping
+        callbacks.append(GradNorm(clip, log=cfg.callbacks.grad_norm))
     if cfg.callbacks.packing_efficiency:
         callbacks.append(PackingEfficiency(train_data.packing_efficiency))
     callbacks += build_all(CALLBACKS, cfg.callbacks.registered, "callbacks", recipe.source)
@@ -187,9 +187,8 @@ def eval_schedule(interval: str):
 
 
 def build_algorithms(recipe: Recipe) -> list:
-    clip = recipe.cfg.trainer.grad_clip_norm
-    algorithms = [GradientClipping("norm", clip)] if clip > 0 else []
-    return algorithms + build_all(ALGORITHMS, recipe.cfg.algorithms, "algorithms", recipe.source)
+    # trainer.grad_clip_norm is applied by the GradNorm callback (see build_callbacks).
+    return build_all(ALGORITHMS, recipe.cfg.algorithms, "algorithms", recipe.source)
 
 
 def build_trainer(recipe: Recipe) -> Trainer:
@@ -219,7 +218,8 @@ def build_trainer(recipe: Recipe) -> Trainer:
                           metric_names=list(model.eval_metrics),
                           device_eval_microbatch_size=eval_microbatch(recipe)) \
         if evaluates(recipe) else None
-    return Trainer(
+    extra = gpu_only(tcfg, device)
+    trainer = Trainer(
         model=model, run_name=cfg.run_name, seed=cfg.seed, device=device,
         train_dataloader=train_spec, eval_dataloader=evaluator, max_duration=cfg.max_duration,
         eval_interval=eval_schedule(cfg.eval_interval),
@@ -237,5 +237,8 @@ def build_trainer(recipe: Recipe) -> Trainer:
         ddp_sync_strategy=tcfg.ddp_sync_strategy, dist_timeout=tcfg.dist_timeout,
         progress_bar=False, log_to_console=False,  # flexbert.train.callbacks.console prints instead
         python_log_level=tcfg.python_log_level,
-        **gpu_only(tcfg, device),
+        **extra,
     )
+    if "compile_config" in extra:
+        scope_compiled_forward(trainer.state.model)
+    return trainer

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from flexbert.model.attention.layout import Layout
-from flexbert.model.compile import compile_options
+from flexbert.model.compile import compile_options, without_duck_shapes
 from flexbert.registry import KERNELS
 
 
@@ -29,9 +29,32 @@ class KernelSpec:
     supports_dropout: bool = True
     # Returns None when usable here, else why not (checked when the model is built).
     available: Callable[[], Optional[str]] = lambda: None
+    # Sliding-window (local) layers: known when the kernel is registered, checked with the config.
+    supports_window: bool = True
+    # Only bf16/fp16 inputs (flash-attn's kernels): the trainer needs amp_bf16 / amp_fp16.
+    half_precision_only: bool = False
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         return self.fn(*args, **kwargs)
+
+
+HALF_PRECISIONS = ("amp_bf16", "amp_fp16")
+
+
+def precision_problem(kernel: str, precision: str) -> Optional[str]:
+    """Why `kernel` cannot run under Composer `precision`, or None (checked at recipe load)."""
+    if KERNELS.get(kernel).half_precision_only and precision not in HALF_PRECISIONS:
+        return (f"model.attention.kernel {kernel!r} computes in bf16/fp16 only and "
+                f"{precision!r} feeds it float32; set {' or '.join(HALF_PRECISIONS)} "
+                "(or the kernel sdpa / flex)")
+    return None
+
+
+def _require_half(q: torch.Tensor, kernel: str) -> None:
+    # flash-attn would fail deep inside its extension ("only support fp16 and bf16").
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"model.attention.kernel {kernel!r}: got {q.dtype} inputs; this kernel "
+                         "needs bf16/fp16 autocast (precision amp_bf16) or another kernel (sdpa, flex)")
 
 
 def kernels_for(layout: str) -> list[str]:
@@ -273,7 +296,8 @@ def flex(q, k, v, layout: Layout, window: Optional[int], dropout_p: float) -> to
     block_mask = _block_mask(layout, window)
     if layout.layout == "unpadded":
         q, k, v = (x.unsqueeze(0) for x in (q, k, v))
-    attend = _eager_flex() if compiling else _flex_fn()  # inside a compiled model: traced as is
+    # inside a compiled model: traced as is; else compiled where the tensors are on CUDA
+    attend = _eager_flex() if compiling else flex_for_device(q.device.type)
     out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                  block_mask=block_mask).transpose(1, 2)
     return out.squeeze(0) if layout.layout == "unpadded" else out
@@ -286,9 +310,10 @@ def _eager_flex():
 
 
 @functools.lru_cache(maxsize=None)
-def _flex_fn():
-    """Compiled flex_attention on CUDA (the fast path); the eager reference elsewhere."""
-    if not torch.cuda.is_available():
+def flex_for_device(device_type: str):
+    """Compiled flex_attention for CUDA tensors (the fast path); the eager reference for any
+    other device, even on a machine that has a GPU (a CPU model there must not compile)."""
+    if device_type != "cuda":
         return _eager_flex()
     return compiled_flex()
 
@@ -297,7 +322,7 @@ def compiled_flex(backend: str = "inductor"):
     """flex_attention compiled once for every batch: token counts and block counts are symbolic
     (`compile_options`), so fresh batches reuse one graph per window kind and never reach
     dynamo's recompile limit (with static shapes each new token count was a new graph)."""
-    return torch.compile(_eager_flex(), backend=backend, **compile_options())
+    return without_duck_shapes(torch.compile(_eager_flex(), backend=backend, **compile_options()))
 
 
 @functools.lru_cache(maxsize=None)
@@ -329,8 +354,10 @@ KERNELS.register("flex", "FlexAttention with a document/sliding-window block mas
 
 def flash_attn(q, k, v, layout: Layout, window: Optional[int], dropout_p: float) -> torch.Tensor:
     """flash-attn 2 varlen kernel over packed documents, native sliding window."""
+    _require_half(q, "flash_attn")
     from flash_attn import flash_attn_varlen_func
 
+    # flash-attn's window_size=(left, right): keys i - left .. i + right, our half-width each side
     w = (-1, -1) if window is None else (window, window)
     return flash_attn_varlen_func(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen,
                                   layout.max_seqlen, dropout_p=dropout_p, window_size=w)
@@ -346,27 +373,38 @@ def _flash_available() -> Optional[str]:
 
 
 KERNELS.register("flash_attn", "flash-attn varlen (GPU, optional package); unpadded only")(
-    KernelSpec(flash_attn, frozenset({"unpadded"}), available=_flash_available)
+    KernelSpec(flash_attn, frozenset({"unpadded"}), available=_flash_available,
+               half_precision_only=True)
 )
 
 
-def varlen_attn(q, k, v, layout: Layout, window: Optional[int], dropout_p: float) -> torch.Tensor:
-    """torch's own varlen attention (torch >= 2.10); sliding window where torch has `window_size`."""
+def _torch_varlen() -> tuple[Optional[Callable], bool]:
+    """torch's varlen_attn and whether it takes `window_size`, resolved once at registration
+    (None, False where this torch has none)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn as torch_varlen
+    except ImportError:
+        return None, False
     import inspect
 
-    from torch.nn.attention.varlen import varlen_attn as torch_varlen
+    return torch_varlen, "window_size" in inspect.signature(torch_varlen).parameters
 
+
+_TORCH_VARLEN, _VARLEN_WINDOW = _torch_varlen()
+
+
+def varlen_attn(q, k, v, layout: Layout, window: Optional[int], dropout_p: float) -> torch.Tensor:
+    """torch's own varlen attention (torch >= 2.10); sliding window where torch has `window_size`
+    (the config check refuses local layers otherwise)."""
+    _require_half(q, "varlen_attn")
     cu, longest = layout.cu_seqlens, layout.max_seqlen
     if window is None:
-        return torch_varlen(q, k, v, cu, cu, longest, longest)
-    if "window_size" not in inspect.signature(torch_varlen).parameters:
-        raise ValueError(f"torch {torch.__version__}'s varlen_attn has no sliding window; set "
-                         "model.attention.local_window: 0 or use the flex or flash_attn kernel")
-    return torch_varlen(q, k, v, cu, cu, longest, longest, window_size=(window, window))
+        return _TORCH_VARLEN(q, k, v, cu, cu, longest, longest)
+    return _TORCH_VARLEN(q, k, v, cu, cu, longest, longest, window_size=(window, window))
 
 
 def _varlen_available() -> Optional[str]:
-    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
+    if _TORCH_VARLEN is None:
         return f"torch {torch.__version__} has no torch.nn.attention.varlen (needs torch >= 2.10)"
     if not torch.cuda.is_available():
         return "torch varlen_attn needs a CUDA device"
@@ -375,5 +413,6 @@ def _varlen_available() -> Optional[str]:
 
 KERNELS.register("varlen_attn", "torch.nn.attention.varlen (torch >= 2.10, GPU); unpadded only")(
     KernelSpec(varlen_attn, frozenset({"unpadded"}), supports_dropout=False,
-               available=_varlen_available)
+               available=_varlen_available, supports_window=_VARLEN_WINDOW,
+               half_precision_only=True)
 )

@@ -7,7 +7,7 @@ and returns what `rotate` needs, so 22 layers share one cos/sin computation per 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn as nn
@@ -47,8 +47,9 @@ class AbsolutePosition(NoPosition):
         return x + self.embeddings(position_ids)
 
 
-def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+def inverse_frequencies(head_dim: int, theta: float, device: Optional[torch.device] = None
+                        ) -> torch.Tensor:
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -58,25 +59,35 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 @POSITIONS.register("rope", "rotary embeddings, non-interleaved, theta per global/local layer")
 class Rotary(NoPosition):
-    """Rotary embeddings whose frequencies always follow the config.
+    """Rotary embeddings whose frequencies always follow the config, always in float32.
 
-    The inverse frequencies are non-persistent buffers computed from `position.global_theta` and
-    `position.local_theta` at construction: a checkpoint never carries them, so loading phase-1
-    weights into a model configured with a new theta really uses the new frequencies.
+    The inverse frequencies are computed from `position.global_theta` / `position.local_theta`
+    where they are used, on the positions' device, and are never module state: a checkpoint
+    never carries them (loading phase-1 weights into a model configured with a new theta really
+    uses the new frequencies), and no wrapper can cast them. FSDP v1 mixed precision casts every
+    floating buffer to `buffer_dtype` (bf16 under Composer's DEFAULT and PURE); bf16 frequencies
+    at theta 160k put the angles pi off at position 8192.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.register_buffer("inv_freq_global",
-                             inverse_frequencies(cfg.head_dim, cfg.position.global_theta),
-                             persistent=False)
-        self.register_buffer("inv_freq_local",
-                             inverse_frequencies(cfg.head_dim, cfg.position.local_theta),
-                             persistent=False)
+        self.head_dim = cfg.head_dim
+        self.global_theta = float(cfg.position.global_theta)
+        self.local_theta = float(cfg.position.local_theta)
+
+    @property
+    def inv_freq_global(self) -> torch.Tensor:
+        return inverse_frequencies(self.head_dim, self.global_theta)
+
+    @property
+    def inv_freq_local(self) -> torch.Tensor:
+        return inverse_frequencies(self.head_dim, self.local_theta)
 
     def prepare(self, position_ids: torch.Tensor) -> dict[bool, tuple[torch.Tensor, torch.Tensor]]:
-        return {True: self._cos_sin(position_ids, self.inv_freq_global),
-                False: self._cos_sin(position_ids, self.inv_freq_local)}
+        # A few tiny ops per forward (fused under compile), and no host-to-device copy.
+        dim, device = self.head_dim, position_ids.device
+        return {True: self._cos_sin(position_ids, inverse_frequencies(dim, self.global_theta, device)),
+                False: self._cos_sin(position_ids, inverse_frequencies(dim, self.local_theta, device))}
 
     @staticmethod
     def _cos_sin(position_ids: torch.Tensor, inv_freq: torch.Tensor):

@@ -1,8 +1,9 @@
-"""`callbacks.downstream_eval`: while pretraining, rank 0 saves a snapshot of the weights every
-`every` (and at the end), and a separate `flexbert eval` process fine-tunes and evaluates it, so
-training never waits for it. Finished results go to metrics.jsonl as a row at the snapshot's
-step and tokens (`downstream/<task>/<metric>` mean and `..._std` over seeds) and to the other
-loggers. A failed evaluation is a warning, never an error of the run."""
+"""`callbacks.downstream_eval`: while pretraining, the weights are saved as a snapshot every
+`every` (and at the end; under FSDP every rank gathers, rank 0 writes), and a separate
+`flexbert eval` process fine-tunes and evaluates it, so training never waits for it. Finished
+results go to metrics.jsonl as a row at the snapshot's step and tokens
+(`downstream/<task>/<metric>` mean and `..._std` over seeds) and to the other loggers. A failed
+evaluation is a warning, never an error of the run."""
 
 from __future__ import annotations
 
@@ -61,16 +62,20 @@ class DownstreamEval(Callback):
             self._next = (elapsed // self.every.value + 1) * self.every.value
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        if dist.get_global_rank() != 0:
-            return
-        self._step = int(state.timestamp.batch)
+        # Every rank decides alike (the clock is the same everywhere): under FSDP the snapshot's
+        # weights are gathered by all ranks together.
+        step = int(state.timestamp.batch)
         final = self.at_end and float(state.get_elapsed_duration() or 0) >= 1.0
+        due = False
         if self.every is not None and float(state.timestamp.get(self.every.unit).value) >= self._next:
             while self._next <= float(state.timestamp.get(self.every.unit).value):
                 self._next += self.every.value
+            due = True
+        if due or (final and self._last_step != step):
             self._snapshot(state)
-        if final and self._last_step != int(state.timestamp.batch):
-            self._snapshot(state)
+        if dist.get_global_rank() != 0:
+            return
+        self._step = step
         if final:  # the last row of metrics.jsonl is written after this event: wait for them here
             self._wait(logger, self.wait_at_end)
             self._waited = True
@@ -89,17 +94,24 @@ class DownstreamEval(Callback):
     # --- what -----------------------------------------------------------------------------------
 
     def _snapshot(self, state: State) -> None:
-        """Rank 0 writes the current weights as a published folder and starts (or queues) its
-        evaluation."""
-        from flexbert.train.callbacks.publish import PhaseInfo
-        from flexbert.io.publish import publish_model
+        """Every rank helps gather the weights (flexbert.runtime.distributed.export_model, the Publish
+        callback's path); rank 0 writes them as a published folder and starts (or queues) its
+        evaluation; the others wait at a barrier until the folder is written."""
+        from flexbert.runtime.distributed import export_model
 
         self._last_step = step = int(state.timestamp.batch)
+        model = export_model(state)  # a collective under FSDP; None on ranks other than 0
+        if model is not None:
+            self._write(state, model, step)
+        dist.barrier()
+
+    def _write(self, state: State, model: Any, step: int) -> None:
+        from flexbert.io.publish import publish_model
+        from flexbert.train.callbacks.publish import PhaseInfo
+
         info_cb = next((c for c in state.callbacks if isinstance(c, PhaseInfo)), None)
         info = info_cb.current(state) if info_cb else {"step": step, "tokens": int(state.timestamp.token)}
         folder = self.folder / f"step{step}"
-        wrapped = state.model
-        model = getattr(wrapped, "module", wrapped).model
         was_training = model.training
         try:
             publish_model(model.eval(), folder / "model", info, _tokenizer(info))
@@ -235,7 +247,7 @@ def check_downstream_config(cfg: Any, source: str) -> None:
 
 def build_downstream_eval(cfg: Any) -> list:
     """The callback for a recipe whose callbacks.downstream_eval is enabled (checked at load by
-    check_downstream_config; rank 0 runs it)."""
+    check_downstream_config; every rank takes part in snapshots, rank 0 runs the evaluations)."""
     from flexbert.train.checkpointing.saver import local_save_folder
 
     d = cfg.callbacks.downstream_eval

@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Optional
 
-import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-from flexbert.runtime.distributed import grad_square_sum, whole_sum
+from flexbert.runtime.distributed import clip_grads_, grad_norm
 
 
 class Throughput(Callback):
@@ -57,24 +56,25 @@ class PackingEfficiency(Callback):
 
 
 class GradNorm(Callback):
-    """Global L2 norm of the gradient before clipping. Gradients accumulate over microbatches,
-    so the norm taken after the last backward is the step's; Composer's clipping runs later (at
-    AFTER_TRAIN_BATCH). Under FSDP each rank holds a shard: squares are summed locally per
-    microbatch and over ranks once per step (flexbert.train.distributed.fsdp)."""
+    """The step's global L2 gradient norm, taken once after the last microbatch's backward
+    (AFTER_TRAIN_BATCH, before the optimizer step), logged as `l2_norm/grad/global` and, when
+    `clip` > 0, used to clip the gradients (torch's clip_grad_norm_ rule).
 
-    def __init__(self) -> None:
-        self.last: Optional[torch.Tensor] = None
+    Clipping lives here rather than in Composer's GradientClipping: callbacks run after the
+    algorithms at each event, so a separate norm callback would see clipped gradients, and the
+    clipper would take the same norm again. The norm sums squares over the ranks that hold
+    different shards only (flexbert.runtime.distributed.grad_norm)."""
 
-    def after_backward(self, state: State, logger: Logger) -> None:
-        squares = grad_square_sum(state.model)
-        if squares is not None:
-            self.last = squares
+    def __init__(self, clip: float = 0.0, log: bool = True) -> None:
+        self.clip, self.log = float(clip), log
 
-    def batch_end(self, state: State, logger: Logger) -> None:
-        if self.last is None:
+    def after_train_batch(self, state: State, logger: Logger) -> None:
+        norm = grad_norm(state.model)
+        if norm is None:
             return
-        squares = whole_sum(self.last, state.fsdp_config_version)
-        logger.log_metrics({"l2_norm/grad/global": float(squares.sqrt())})
-        self.last = None
+        if self.log:
+            logger.log_metrics({"l2_norm/grad/global": float(norm)})
+        if self.clip > 0:
+            clip_grads_(state.model, norm, self.clip)
 
 

@@ -51,6 +51,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     if cfg.save_folder:  # "{run_name}" as Composer formats it; every path below uses this one
         cfg.save_folder = cfg.save_folder.replace("{run_name}", cfg.run_name)
     _validate(cfg, str(path))
+    from flexbert.model.attention.kernels import precision_problem
+
+    problem = precision_problem(model.attention.kernel, cfg.trainer.precision)
+    if problem:
+        raise ConfigError(f"{path}: trainer.precision: {problem}")
     if init_from and cfg.load_path:
         raise ConfigError(f"{path}: model.init_from: cannot be combined with load_path (init_from "
                           "starts from weights with a fresh optimizer; load_path continues a run)")
