@@ -65,9 +65,12 @@ def safe_globals() -> list:
     return [datetime.timedelta, TorchVersion, *_numpy_globals()]
 
 
-def _global_named(err: Exception) -> str:
+def global_named(err: Exception) -> str:
     found = re.search(r"GLOBAL ([\w.]+)", str(err))  # torch names the offending global
     return f"it references {found.group(1)}" if found else _first_line(err)
+
+
+_global_named = global_named
 
 
 def _unsafe_message(path: str, err: Exception) -> str:
@@ -121,26 +124,34 @@ class Stub:
         return f"<stub for {self.origin}>"
 
 
-def load_with_stubs(path: str | os.PathLike, mmap: bool = False) -> Any:
+def load_with_stubs(path: Any, mmap: bool = False) -> Any:
     """torch.load with weights_only=True, where every global outside `safe_globals()` resolves
-    to its own `Stub` subclass: a foreign file loads, and none of its code is imported or run."""
+    to its own `Stub` subclass: a foreign file loads, and none of its code is imported or run.
+    `path` may be an in-memory stream (a sharded checkpoint's byte item)."""
     allowed = {f"{g.__module__}.{g.__qualname__}" for g in safe_globals()}
-    names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-             if n not in allowed]
+    stream = hasattr(path, "read")
+    names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(
+        path if stream else str(path)) if n not in allowed]
+    if stream:
+        path.seek(0)
     stubs = [(type(n.rsplit(".", 1)[-1], (Stub,), {"origin": n}), n) for n in names]
     with torch.serialization.safe_globals([*safe_globals(), *stubs]):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and not stream)
 
 
 def guard_composer_loads(trust: bool = False) -> None:
-    """Make Composer's own loads (`load_path`, autoresume) go through `load_checkpoint`.
+    """Make Composer's own loads (`load_path`, autoresume) go through the safe readers.
 
     Composer 0.32 reads monolithic checkpoints with `torch.load(weights_only=False)` in
     `composer.utils.checkpoint._torch_load_with_validation`, after downloading them; replacing
-    that one function covers local and object-store files alike. Without it (another Composer),
-    `load_path` and autoresume are still checked by `flexbert.train.resume` beforehand."""
+    that one function covers local and object-store files alike. Sharded folders go through
+    torch.distributed.checkpoint instead: `FileSystemReader.read_metadata` unpickles `.metadata`
+    with plain `pickle` and `DefaultLoadPlanner.load_bytes` each byte item with
+    `weights_only=False`; both are replaced (see `guard_sharded_loads`). `flexbert.train.resume`
+    also checks `load_path` and autoresume beforehand, so a refusal comes before any build."""
     from composer.utils import checkpoint as composer_checkpoint
 
+    guard_sharded_loads(trust)
     if not hasattr(composer_checkpoint, "_torch_load_with_validation"):
         return
 
@@ -148,6 +159,50 @@ def guard_composer_loads(trust: bool = False) -> None:
         return load_checkpoint(path, trust, mmap=False)
 
     composer_checkpoint._torch_load_with_validation = safe_load
+
+
+def guard_sharded_loads(trust: bool = False) -> None:
+    """torch.distributed.checkpoint's two unpickling points, made safe for this process: the
+    folder is checked whole (`check_sharded_folder`) when its `.metadata` is read, `.metadata`
+    goes through the restricted unpickler, and every byte item through `read_bytes_item`'s
+    weights-only load (stubs with the trust opt-in)."""
+    import io
+
+    from torch.distributed.checkpoint import default_planner, filesystem
+    from torch.distributed.checkpoint.metadata import StorageMeta
+    from torch.distributed.checkpoint._traverse import set_element
+
+    from flexbert.sharded import check_sharded_folder, read_metadata
+
+    def read_metadata_safely(self):
+        folder = Path(str(self.path))
+        check_sharded_folder(folder, trust)
+        metadata = read_metadata(folder)
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+    def load_bytes_safely(self, read_item, value: io.BytesIO) -> None:
+        obj = _bytes_item(value, trust, read_item.dest_index.fqn)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+    filesystem.FileSystemReader.read_metadata = read_metadata_safely
+    default_planner.DefaultLoadPlanner.load_bytes = load_bytes_safely
+
+
+def _bytes_item(value: Any, trust: bool, fqn: str) -> Any:
+    try:
+        if trust:
+            return load_with_stubs(value)
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(value, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpoint(f"sharded checkpoint item {fqn}: refusing to load: "
+                               f"{global_named(err)}, which can run code") from None
 
 
 def is_sharded(path: str | os.PathLike) -> bool:
@@ -163,7 +218,7 @@ def load_checkpoint_state(path: str | os.PathLike, trust: bool = False) -> dict:
         except ImportError:
             raise UnreadableCheckpoint(f"{path}: a sharded checkpoint folder, and this FlexBERT "
                                        "has no flexbert.sharded reader") from None
-        return read_sharded_checkpoint(path)
+        return read_sharded_checkpoint(path, trust)
     ckpt = load_checkpoint(path, trust)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state"), dict) \
             or not isinstance(ckpt["state"].get("model"), dict):
@@ -211,7 +266,7 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
     shapes = [f"{k}: {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in weights and weights[k].shape != own[k].shape]
     if missing or unexpected or shapes:
-        raise ValueError(f"{source}: weights do not fit the model config; missing {missing[:5]}, "
+        raise ConfigError(f"{source}: weights do not fit the model config; missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
     model.load_state_dict(weights, strict=False)
     model.tie_weights()
