@@ -327,13 +327,33 @@ def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
+def refuse_custom_code(source: str | os.PathLike) -> None:
+    """A local model or tokenizer folder that asks to import its own Python code (auto_map, an
+    unknown tokenizer_class) is refused naming the file and the key (ConfigError, exit 2)."""
+    from data_prep.tokenizer import custom_code_problem
+
+    problem = custom_code_problem(str(source)) if os.path.isdir(source) else None
+    if problem:
+        raise ConfigError(problem)
+
+
+def load_tokenizer_safely(source: str | os.PathLike) -> Any:
+    """AutoTokenizer for a folder or Hub name, never running code the source ships."""
+    from transformers import AutoTokenizer
+
+    refuse_custom_code(source)
+    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+
+
 def hf_source_config(source: str, key: str = "model.init_from") -> tuple[Any, Optional[int]]:
     """(transformers config, the tokenizer's [MASK] id when the source has a tokenizer)."""
     from transformers import AutoConfig
 
+    refuse_custom_code(source)
     try:
-        return AutoConfig.from_pretrained(source), _mask_id_from_tokenizer(source)
-    except OSError as err:
+        return (AutoConfig.from_pretrained(source, trust_remote_code=False),
+                _mask_id_from_tokenizer(source))
+    except (OSError, ValueError) as err:
         raise ConfigError(f"{key}: {source}: {_first_line(err)}") from None
 
 
@@ -341,10 +361,9 @@ def _mask_id_from_tokenizer(source: str) -> Optional[int]:
     if os.path.isdir(source) and not any(
             (Path(source) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         return None
+    refuse_custom_code(source)  # outside the try: a refusal is not "no tokenizer"
     try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(source).mask_token_id
+        return load_tokenizer_safely(source).mask_token_id
     except (OSError, ValueError):
         return None
 
@@ -370,6 +389,7 @@ def read_source(source: str | os.PathLike, trust: bool = False,
 
     from flexbert.hf import flex_config_from_hf
 
+    refuse_custom_code(source)
     try:  # safetensors only: a pytorch_model.bin would be unpickled
         hf_model = ModernBertForMaskedLM.from_pretrained(source, use_safetensors=True)
     except OSError as err:

@@ -53,13 +53,14 @@ def _source_tokenizer(src: str):
     """The tokenizer saved with a model (folder or Hub name), or None when it has none."""
     import os
 
-    from transformers import AutoTokenizer
-
     files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
     if os.path.isdir(src) and not any(os.path.isfile(os.path.join(src, f)) for f in files):
         return None
+    from flexbert.checkpoint_reader import load_tokenizer_safely, refuse_custom_code
+
+    refuse_custom_code(src)  # outside the try: a refusal is not "the source has no tokenizer"
     try:
-        return AutoTokenizer.from_pretrained(src)
+        return load_tokenizer_safely(src)
     except (OSError, ValueError):
         return None
 

@@ -168,6 +168,9 @@ def from_transformers(hf_model: Any, **overrides: Any) -> FlexBertForMaskedLM:
     if isinstance(hf_model, (str, Path)):
         from transformers import ModernBertForMaskedLM
 
+        from flexbert.checkpoint_reader import refuse_custom_code
+
+        refuse_custom_code(hf_model)
         # safetensors only: a pytorch_model.bin would be unpickled
         hf_model = ModernBertForMaskedLM.from_pretrained(str(hf_model), use_safetensors=True)
     cfg = flex_config_from_hf(hf_model.config, **overrides)

@@ -58,7 +58,7 @@ def composer_model_config(checkpoint: Path, config_path: Optional[str], info: di
 
 def load_tokenizer(model_path: str, tokenizer: Optional[str]):
     """--tokenizer, else the tokenizer in (or beside) the model folder."""
-    from transformers import AutoTokenizer
+    from flexbert.checkpoint_reader import load_tokenizer_safely
 
     p = Path(model_path)
     base = p if p.is_dir() else p.parent
@@ -66,9 +66,9 @@ def load_tokenizer(model_path: str, tokenizer: Optional[str]):
                                                       base / "model"]
     for c in candidates:
         if (c / "tokenizer.json").is_file() or (c / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(str(c))
+            return load_tokenizer_safely(c)
     if tokenizer:  # a hub name
-        return AutoTokenizer.from_pretrained(tokenizer)
+        return load_tokenizer_safely(tokenizer)
     raise FileNotFoundError(f"{model_path}: no tokenizer beside the model; pass --tokenizer DIR")
 
 

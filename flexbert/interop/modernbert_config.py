@@ -234,9 +234,9 @@ def build(tree: dict, source: str) -> ModelConfig:
 
 def tokenizer_ids(path: str) -> dict[str, int]:
     """Special-token ids of a tokenizer folder or hub name, in FlexBERT's model keys."""
-    from transformers import AutoTokenizer
+    from flexbert.checkpoint_reader import load_tokenizer_safely
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = load_tokenizer_safely(path)
     ids = {"cls_token_id": tok.cls_token_id, "sep_token_id": tok.sep_token_id,
            "pad_token_id": tok.pad_token_id, "mask_token_id": tok.mask_token_id}
     if any(v is None for v in ids.values()):

@@ -135,9 +135,9 @@ def checkpoint_model(path: str | os.PathLike, config: Optional[str] = None, trus
 def load_tokenizer(source: Optional[str]) -> Any:
     if not source:
         return None
-    from transformers import AutoTokenizer
+    from flexbert.checkpoint_reader import load_tokenizer_safely
 
-    return AutoTokenizer.from_pretrained(source)
+    return load_tokenizer_safely(source)
 
 
 def model_card(info: dict, repo_id: Optional[str] = None, revision: Optional[str] = None) -> str:

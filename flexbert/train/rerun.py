@@ -181,6 +181,6 @@ def export_tokenizer(cfg):
         logging.getLogger(__name__).warning("no tokenizer at %s; the HF folder has weights and "
                                             "config only", path)
         return None
-    from transformers import AutoTokenizer
+    from flexbert.checkpoint_reader import load_tokenizer_safely
 
-    return AutoTokenizer.from_pretrained(path)
+    return load_tokenizer_safely(path)
