@@ -342,7 +342,11 @@ def load_tokenizer_safely(source: str | os.PathLike) -> Any:
     from transformers import AutoTokenizer
 
     refuse_custom_code(source)
-    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+    try:
+        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+    except Exception as err:  # transformers and tokenizers raise many types for a bad folder
+        raise ConfigError(f"{source}: cannot load the tokenizer ({_first_line(err)[:200]})") \
+            from None
 
 
 def hf_source_config(source: str, key: str = "model.init_from") -> tuple[Any, Optional[int]]:

@@ -128,8 +128,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"flexbert {args.command}: error: {err}", file=sys.stderr)
+        print(f"flexbert {args.command}: error: {_advice(args, err)}", file=sys.stderr)
         return 2
+
+
+def _advice(args: argparse.Namespace, err: Exception) -> str:
+    """A refusal advises the opt-in; a command without --trust-checkpoint (finetune, eval) is
+    pointed at the one that has it instead."""
+    from flexbert.checkpoint_reader import TRUST_FLAG, UnsafeCheckpoint
+
+    message = str(err)
+    if not isinstance(err, UnsafeCheckpoint) or hasattr(args, "trust_checkpoint") \
+            or hasattr(args, "trust"):
+        return message
+    cut = message.find("; if you trust")
+    if cut < 0:
+        return message
+    return (message[:cut] + f"; `flexbert {args.command}` has no {TRUST_FLAG}: if you trust where "
+            f"it came from, convert it first with `flexbert publish CHECKPOINT OUT {TRUST_FLAG}` "
+            "(weights only, none of its code runs) and pass OUT")
 
 
 if __name__ == "__main__":

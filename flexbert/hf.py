@@ -171,8 +171,14 @@ def from_transformers(hf_model: Any, **overrides: Any) -> FlexBertForMaskedLM:
         from flexbert.checkpoint_reader import refuse_custom_code
 
         refuse_custom_code(hf_model)
-        # safetensors only: a pytorch_model.bin would be unpickled
-        hf_model = ModernBertForMaskedLM.from_pretrained(str(hf_model), use_safetensors=True)
+        try:  # safetensors only: a pytorch_model.bin would be unpickled
+            hf_model = ModernBertForMaskedLM.from_pretrained(str(hf_model), use_safetensors=True)
+        except OSError as err:
+            from flexbert.config import ConfigError
+
+            raise ConfigError(f"{hf_model}: {(str(err).strip().splitlines() or [''])[0]} "
+                              "(FlexBERT reads model.safetensors only: a pytorch_model.bin is a "
+                              "pickle that could run code)") from None
     cfg = flex_config_from_hf(hf_model.config, **overrides)
     model = FlexBertForMaskedLM(cfg)
     state = {k: v for k, v in hf_model.state_dict().items() if not _is_rotary_buffer(k)}

@@ -14,6 +14,19 @@ import numpy as np
 FRAMED = ("auto", "true", "false")
 
 
+class ShardError(ValueError):
+    """A shard that cannot be trained on (corrupted, bad token ids); the message names it.
+    Training reports it in one line, exit 2, also when raised in a DataLoader worker."""
+
+
+def shard_error_line(err: ShardError) -> str:
+    """The message itself: a worker's copy is wrapped in "Caught ShardError in DataLoader
+    worker ..." and the original traceback, whose last line holds it."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    return last.split("ShardError: ", 1)[-1] if lines and lines[0].startswith("Caught") else lines[0]
+
+
 @dataclass
 class StreamFormat:
     """What the loader needs to know about one stream's samples."""
@@ -68,11 +81,11 @@ class Documents:
             value = self.ds[int(sample_id)][fmt.column]
             doc = self._tokenize(value) if fmt.column == "text" else _as_ids(value, fmt.encoding)
         except Exception as exc:  # zstd/struct/numpy errors all mean the same thing to the user
-            raise ValueError(f"data.streams.{fmt.name}: shard {self.shard_path(sample_id)} is truncated or "
+            raise ShardError(f"data.streams.{fmt.name}: shard {self.shard_path(sample_id)} is truncated or "
                              f"corrupted (sample {sample_id}: {type(exc).__name__}: {exc})") from exc
         if len(doc) and (int(doc.max()) >= self.vocab or int(doc.min()) < 0):
             bad = int(doc.max()) if int(doc.max()) >= self.vocab else int(doc.min())
-            raise ValueError(f"data.streams.{fmt.name}: shard {self.shard_path(sample_id)}: sample {sample_id} "
+            raise ShardError(f"data.streams.{fmt.name}: shard {self.shard_path(sample_id)}: sample {sample_id} "
                              f"has token id {bad}, outside the tokenizer's vocabulary of {self.vocab}")
         return self._frame(doc, fmt.framed, sample_id)
 
@@ -85,7 +98,7 @@ class Documents:
         """[CLS] doc [SEP], as data_prep writes documents; `auto` adds only what is missing."""
         if framed == "true":
             if len(doc) == 0:
-                raise ValueError(f"shard {self.shard_path(sample_id)}: sample {sample_id} is empty")
+                raise ShardError(f"shard {self.shard_path(sample_id)}: sample {sample_id} is empty")
             return doc
         head = framed == "false" or len(doc) == 0 or doc[0] != self.cls
         tail = framed == "false" or len(doc) == 0 or doc[-1] != self.sep

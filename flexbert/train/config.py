@@ -75,7 +75,9 @@ class TrainerConfig:
     ddp_sync_strategy: Optional[str] = None
     dist_timeout: float = 300.0
     train_metrics: bool = True              # masked loss/accuracy on training batches
-    eval_subset_num_batches: int = -1
+    # Batches per evaluation. The packed eval stream has no end (Composer's -1, "all", cannot
+    # apply), so the default is a number, as in the shipped recipes.
+    eval_subset_num_batches: int = 100
     log_to_console: bool = True
     console_log_interval: str = "1ba"
     progress_bar: bool = True
@@ -352,6 +354,10 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
 def _validate_trainer(cfg: RecipeConfig, fail) -> None:
     from flexbert.train.fsdp import validate_fsdp
 
+    if cfg.trainer.eval_subset_num_batches < 1:
+        fail("trainer.eval_subset_num_batches", f"{cfg.trainer.eval_subset_num_batches}: give a "
+             "number of batches per evaluation (>= 1); the packed eval stream has no end, so "
+             "-1 (all) cannot apply")
     every = cfg.trainer.activation_checkpointing
     if every < 0:
         fail("trainer.activation_checkpointing", "0 (off), 1 (every encoder layer) or n (every "
