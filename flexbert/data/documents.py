@@ -92,7 +92,7 @@ class Documents:
     def _tokenize(self, text: str) -> np.ndarray:
         if self.encoder is None:
             raise ValueError("a `text` stream needs the run's tokenizer (data.tokenizer)")
-        return np.asarray(self.encoder.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        return tokenize_text(self.encoder, text)
 
     def _frame(self, doc: np.ndarray, framed: str, sample_id: int) -> np.ndarray:
         """[CLS] doc [SEP], as data_prep writes documents; `auto` adds only what is missing."""
@@ -113,6 +113,17 @@ class Documents:
         reader = self.ds.shards[shard_id]
         name = reader.zip_data.basename if reader.zip_data else reader.raw_data.basename
         return os.path.join(fmt.source, name)
+
+
+def tokenize_text(encoder: Any, text: str) -> np.ndarray:
+    """Token ids of one document, encoded in segments cut before a space or newline as
+    `data_prep mds` cuts them (the same ids for byte-level BPE): the tokenizer's per-token
+    strings and offsets never cover more than one segment, whatever the document's size."""
+    from data_prep.sources import segments
+
+    parts = [np.asarray(encoder.encode(seg, add_special_tokens=False).ids, dtype=np.int64)
+             for seg in segments(text)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def _as_ids(value: Any, encoding: str) -> np.ndarray:

@@ -148,9 +148,9 @@ def read(path: str, token_ids: Optional[dict] = None, tokenizer: Optional[str] =
         raise
     except Exception as err:  # a ${...} that names nothing
         raise ConfigError(f"{path}: cannot resolve interpolations: {err}") from None
-    if not isinstance(tree, dict) or not tree.get("model"):
-        raise ConfigError(f"{path}: no `model` section (an empty or foreign YAML); expected "
-                          "their training YAML (modernbert-*.yaml, flex-bert-*.yaml)")
+    if not isinstance(tree, dict) or not tree:
+        raise ConfigError(f"{path}: the file is empty; expected their training YAML "
+                          "(modernbert-*.yaml, flex-bert-*.yaml)")
     flat = _flat(tree)
     flat.pop("model.model_config", None)
     their_model = dict((tree.get("model") or {}).get("model_config") or {})
@@ -161,6 +161,9 @@ def read(path: str, token_ids: Optional[dict] = None, tokenizer: Optional[str] =
                           "model maps onto FlexBERT")
     for key, value in flat.items():
         _one(out, key, value, flat)
+    if not tree.get("model"):  # else every model key would silently be BERT-base's
+        raise ConfigError(f"{path}: model: missing; expected their training YAML "
+                          "(modernbert-*.yaml, flex-bert-*.yaml) with its model section")
     _tokenizer(out, flat, tokenizer)
     _scheduler(out, tree.get("scheduler") or {}, flat)
     _optimizer(out, tree.get("optimizer") or {})
