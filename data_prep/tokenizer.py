@@ -106,12 +106,52 @@ def load_tokenizer(name_or_dir: str):
     if not Path(name_or_dir).exists() and (name_or_dir.startswith((".", "/")) or os.sep in name_or_dir
                                            and not _looks_like_hub_id(name_or_dir)):
         raise DataPrepError(f"tokenizer {name_or_dir}: no such directory")
+    problem = custom_code_problem(name_or_dir)
+    if problem:
+        raise DataPrepError(problem)
     try:
         tok = open_tokenizer(name_or_dir)
     except Exception as exc:  # transformers raises many types; the user needs the path + cause
         raise DataPrepError(f"tokenizer {name_or_dir}: cannot load ({exc})") from exc
     check_special_tokens(tok, name_or_dir)
     return tok
+
+
+def custom_code_problem(folder: str) -> Optional[str]:
+    """'file: key: why' when a local tokenizer or model folder asks transformers to import its
+    own Python code (an `auto_map`, or a `tokenizer_class` transformers does not provide);
+    None otherwise. Loads also pass trust_remote_code=False, which covers Hub names; this names
+    the file and the key instead of transformers' prompt or error."""
+    for name in ("tokenizer_config.json", "config.json"):
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            tree = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return f"{path}: not a readable JSON file ({exc})"
+        if not isinstance(tree, dict):
+            return f"{path}: expected a JSON object, got {type(tree).__name__}"
+        if tree.get("auto_map"):
+            return (f"{path}: auto_map: the folder asks to import its own Python code "
+                    f"({json.dumps(tree['auto_map'])[:120]}); FlexBERT never runs code from a "
+                    "model or tokenizer folder: remove auto_map and use a class transformers "
+                    "provides")
+        cls = tree.get("tokenizer_class") if name == "tokenizer_config.json" else None
+        if cls is not None and not _known_tokenizer_class(cls):
+            return (f"{path}: tokenizer_class: {cls!r} is not a tokenizer class transformers "
+                    "provides (custom code is never run); use e.g. PreTrainedTokenizerFast")
+    return None
+
+
+def _known_tokenizer_class(name: object) -> bool:
+    """transformers' own lookup, which only searches its built-in tokenizers here (no auto_map)."""
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    if not isinstance(name, str):
+        return False
+    return any(tokenizer_class_from_name(n) is not None
+               for n in (name, name[:-4] if name.endswith("Fast") else name + "Fast"))
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -52,13 +52,14 @@ def _source_tokenizer(src: str):
     """The tokenizer saved with a model (folder or Hub name), or None when it has none."""
     import os
 
-    from data_prep.tokenizer import open_tokenizer
-
     files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
     if os.path.isdir(src) and not any(os.path.isfile(os.path.join(src, f)) for f in files):
         return None
+    from flexbert.io.checkpoint_reader import load_tokenizer_safely, refuse_custom_code
+
+    refuse_custom_code(src)  # outside the try: a refusal is not "the source has no tokenizer"
     try:
-        return open_tokenizer(src)
+        return load_tokenizer_safely(src)
     except (OSError, ValueError):
         return None
 
@@ -126,8 +127,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"flexbert {args.command}: error: {err}", file=sys.stderr)
+        print(f"flexbert {args.command}: error: {_advice(args, err)}", file=sys.stderr)
         return 2
+
+
+def _advice(args: argparse.Namespace, err: Exception) -> str:
+    """A refusal advises the opt-in; a command without --trust-checkpoint (finetune, eval) is
+    pointed at the one that has it instead."""
+    from flexbert.io.checkpoint_reader import TRUST_FLAG, UnsafeCheckpoint
+
+    message = str(err)
+    if not isinstance(err, UnsafeCheckpoint) or hasattr(args, "trust_checkpoint") \
+            or hasattr(args, "trust"):
+        return message
+    cut = message.find("; if you trust")
+    if cut < 0:
+        return message
+    return (message[:cut] + f"; `flexbert {args.command}` has no {TRUST_FLAG}: if you trust where "
+            f"it came from, convert it first with `flexbert publish CHECKPOINT OUT {TRUST_FLAG}` "
+            "(weights only, none of its code runs) and pass OUT")
 
 
 if __name__ == "__main__":

@@ -162,15 +162,19 @@ def load_yaml(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
     except Exception as err:  # yaml.YAMLError carries the line and column
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    if overrides:
+    for override in overrides:  # one at a time, so a bad one is named
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"{path}: bad override: {_first_line(err)}") from None
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([override]))
+        except Exception as err:  # OmegaConf's errors and yaml's (an unclosed `[1,2`)
+            raise ConfigError(f"{path}: bad override {override!r}: {_one_line(err)}") from None
     return cfg
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def to_yaml(cfg: ModelConfig) -> str:

@@ -197,7 +197,7 @@ def losses(folder: Path) -> dict[int, float]:
 
 def plain_load(path: Path) -> dict:
     """CONTRACTS point 2: weights_only plus numpy's array reconstruction."""
-    from flexbert.io.checkpoint_reader import _numpy_globals
+    from flexbert.io.trust import _numpy_globals
 
     with torch.serialization.safe_globals(_numpy_globals()):
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -408,3 +408,33 @@ def test_converted_weights_give_the_logits_their_weights_give_through_transforme
         want = hf(input_ids=ids, attention_mask=mask).logits[mask.bool()]
         got = flex(ids, mask).logits[mask.bool()]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_wrong_shaped_optimizer_state_and_unsafe_outputs_are_refused(native, sample_corpus,
+                                                                    tmp_path, capsys):
+    """Issue 22, point 7: an `exp_avg` of the wrong shape is named (not imported to crash at the
+    first step); --out equal to --checkpoint or naming a directory is refused, nothing left."""
+    ckpt = their_checkpoint(torch.load(native, map_location="cpu", weights_only=False))
+    (state,) = ckpt["state"]["optimizers"].values()
+    name = next(iter(state["state"]))
+    state["state"][name]["exp_avg"] = torch.zeros(3)
+    src = tmp_path / "theirs.pt"
+    torch.save(ckpt, src)
+    tok = ["--tokenizer", str(sample_corpus / "tokenizer")]
+    out = tmp_path / "out.pt"
+    assert cli(["import-modernbert", "--checkpoint", str(src), "--out", str(out), *tok]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"optimizer state {name}.exp_avg: shape (3,)" in err[0]
+    assert not out.exists() and not list(tmp_path.glob("out.pt.tmp-*"))
+    before = src.read_bytes()
+    assert cli(["import-modernbert", "--checkpoint", str(src), "--out", str(src), "--overwrite",
+                *tok]) == 2
+    assert "is also --checkpoint" in capsys.readouterr().err and src.read_bytes() == before
+    assert cli(["import-modernbert", "--checkpoint", str(src), "--out", str(tmp_path), *tok]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.tmp-*"))
+    yaml = tmp_path / "their.yaml"
+    yaml.write_text(their_yaml(sample_corpus))
+    assert cli(["import-modernbert", "--yaml", str(yaml), "--recipe", str(yaml), "--overwrite",
+                *tok]) == 2
+    assert "is also --yaml" in capsys.readouterr().err

@@ -14,6 +14,19 @@ import numpy as np
 FRAMED = ("auto", "true", "false")
 
 
+class ShardError(ValueError):
+    """A shard that cannot be trained on (corrupted, bad token ids); the message names it.
+    Training reports it in one line, exit 2, also when raised in a DataLoader worker."""
+
+
+def shard_error_line(err: ShardError) -> str:
+    """The message itself: a worker's copy is wrapped in "Caught ShardError in DataLoader
+    worker ..." and the original traceback, whose last line holds it."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    return last.split("ShardError: ", 1)[-1] if lines and lines[0].startswith("Caught") else lines[0]
+
+
 @dataclass
 class StreamFormat:
     """What the loader needs to know about one stream's samples."""
@@ -68,24 +81,24 @@ class Documents:
             value = self.ds[int(sample_id)][fmt.column]
             doc = self._tokenize(value) if fmt.column == "text" else _as_ids(value, fmt.encoding)
         except Exception as exc:  # zstd/struct/numpy errors all mean the same thing to the user
-            raise ValueError(f"data.streams.{fmt.name}: shard {self.shard_path(sample_id)} is truncated or "
+            raise ShardError(f"data.streams.{fmt.name}: shard {self.shard_path(sample_id)} is truncated or "
                              f"corrupted (sample {sample_id}: {type(exc).__name__}: {exc})") from exc
         if len(doc) and (int(doc.max()) >= self.vocab or int(doc.min()) < 0):
             bad = int(doc.max()) if int(doc.max()) >= self.vocab else int(doc.min())
-            raise ValueError(f"data.streams.{fmt.name}: shard {self.shard_path(sample_id)}: sample {sample_id} "
+            raise ShardError(f"data.streams.{fmt.name}: shard {self.shard_path(sample_id)}: sample {sample_id} "
                              f"has token id {bad}, outside the tokenizer's vocabulary of {self.vocab}")
         return self._frame(doc, fmt.framed, sample_id)
 
     def _tokenize(self, text: str) -> np.ndarray:
         if self.encoder is None:
             raise ValueError("a `text` stream needs the run's tokenizer (data.tokenizer)")
-        return np.asarray(self.encoder.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        return tokenize_text(self.encoder, text)
 
     def _frame(self, doc: np.ndarray, framed: str, sample_id: int) -> np.ndarray:
         """[CLS] doc [SEP], as data_prep writes documents; `auto` adds only what is missing."""
         if framed == "true":
             if len(doc) == 0:
-                raise ValueError(f"shard {self.shard_path(sample_id)}: sample {sample_id} is empty")
+                raise ShardError(f"shard {self.shard_path(sample_id)}: sample {sample_id} is empty")
             return doc
         head = framed == "false" or len(doc) == 0 or doc[0] != self.cls
         tail = framed == "false" or len(doc) == 0 or doc[-1] != self.sep
@@ -100,6 +113,17 @@ class Documents:
         reader = self.ds.shards[shard_id]
         name = reader.zip_data.basename if reader.zip_data else reader.raw_data.basename
         return os.path.join(fmt.source, name)
+
+
+def tokenize_text(encoder: Any, text: str) -> np.ndarray:
+    """Token ids of one document, encoded in segments cut before a space or newline as
+    `data_prep mds` cuts them (the same ids for byte-level BPE): the tokenizer's per-token
+    strings and offsets never cover more than one segment, whatever the document's size."""
+    from data_prep.sources import segments
+
+    parts = [np.asarray(encoder.encode(seg, add_special_tokens=False).ids, dtype=np.int64)
+             for seg in segments(text)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def _as_ids(value: Any, encoding: str) -> np.ndarray:

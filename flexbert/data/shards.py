@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -99,7 +100,10 @@ def read_through_cache(local: str, split: str, cache_dir: Optional[str]) -> str:
 
     Streaming decompresses shards next to the compressed ones; pointed at the mirror, it writes
     the decompressed files there. The mirror's name hashes the source path and its index, so a
-    rewritten dataset never reads stale decompressed shards.
+    rewritten dataset never reads stale decompressed shards. Streaming trains on whatever
+    decompressed file it finds there, so the cache must be ours alone: every level is created
+    0700 and refused when another user owns it or can write to it; a decompressed shard that
+    does not match the index (size, hashes) and anything else not ours is removed first.
     """
     src = (Path(local) / split).resolve()
     if not (src / "index.json").is_file():
@@ -108,11 +112,71 @@ def read_through_cache(local: str, split: str, cache_dir: Optional[str]) -> str:
     base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / f"flexbert-shards-{_uid()}"
     root = base / key
     dst = root / split
-    dst.mkdir(parents=True, exist_ok=True)
+    for level in (base, root, *[root / part for part in Path(split).parts]):
+        _private_dir(level, "data.cache_dir" if cache_dir else "the shard cache")
+    shards = json.loads((src / "index.json").read_text()).get("shards", [])
+    _clean_mirror(src, dst, shards)
     for path in src.iterdir():
         if path.is_file() and not os.path.lexists(dst / path.name):
             _link(path, dst / path.name)
     return str(root)
+
+
+def _private_dir(path: Path, what: str) -> None:
+    """Create `path` 0700, or accept it only if it is a real directory we own that no one else
+    can write to (another user could otherwise plant shards for us to train on)."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{what}: {path} is not a directory (a link or file is in its place); "
+                         "remove it or set data.cache_dir to a private directory")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise ValueError(f"{what}: {path} belongs to user id {st.st_uid}, not to you "
+                         f"({os.getuid()}); set data.cache_dir to a private directory")
+    if st.st_mode & 0o022:
+        raise ValueError(f"{what}: {path} is writable by other users (mode "
+                         f"{stat.S_IMODE(st.st_mode):o}); chmod 700 it or set data.cache_dir to a "
+                         "private directory")
+
+
+def _clean_mirror(src: Path, dst: Path, shards: list) -> None:
+    """Keep only links into `src` and decompressed shards that match the index; Streaming
+    decompresses again whatever is removed (from the verified compressed shard)."""
+    raw = {s["raw_data"]["basename"]: s["raw_data"] for s in shards
+           if s.get("zip_data") and s.get("raw_data")}
+    for entry in dst.iterdir():
+        if entry.is_symlink():
+            if Path(os.readlink(entry)).parent != src:
+                entry.unlink()  # a planted link (e.g. shard.00000.mds.tmp): never write through it
+        elif entry.is_file() and entry.name[:-4] in raw and entry.name.endswith(".tmp"):
+            continue  # Streaming writing a shard right now (another rank); it renames when done
+        elif entry.name not in raw or not entry.is_file() or not _matches(entry, raw[entry.name]):
+            if entry.is_dir():
+                import shutil
+
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+def _matches(path: Path, info: dict) -> bool:
+    if os.path.getsize(path) != info.get("bytes"):
+        return False
+    hashes = info.get("hashes") or {}
+    if not hashes:
+        return True
+    data = path.read_bytes()
+    for algo, expected in hashes.items():
+        if algo in hashlib.algorithms_available:
+            return hashlib.new(algo, data).hexdigest() == expected
+        if algo.startswith("xxh"):
+            import xxhash
+
+            return getattr(xxhash, algo)(data).hexdigest() == expected
+    return True
 
 
 def _link(target: Path, link: Path) -> None:

@@ -28,9 +28,17 @@ def read_table(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: task file not found")
-    if path.suffix.lower() in (".csv", ".tsv"):
-        return _read_csv(path, "\t" if path.suffix.lower() == ".tsv" else ",")
-    return list(_read_jsonl(path))
+    try:
+        if path.suffix.lower() in (".csv", ".tsv"):
+            return _read_csv(path, "\t" if path.suffix.lower() == ".tsv" else ",")
+        return list(_read_jsonl(path))
+    except UnicodeDecodeError as err:
+        raise not_utf8(path, err) from None
+
+
+def not_utf8(path: Path, err: UnicodeDecodeError) -> ValueError:
+    return ValueError(f"{path}: not UTF-8 text (byte {err.start} of the file: {err.reason}); "
+                      "save the task file as UTF-8")
 
 
 def _read_csv(path: Path, delimiter: str) -> list[dict]:
@@ -79,6 +87,13 @@ def read_conll(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: task file not found")
+    try:
+        return _conll_sentences(path)
+    except UnicodeDecodeError as err:
+        raise not_utf8(path, err) from None
+
+
+def _conll_sentences(path: Path) -> list[dict]:
     sentences: list[dict] = []
     tokens: list[str] = []
     tags: list[str] = []

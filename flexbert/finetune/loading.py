@@ -59,7 +59,7 @@ def composer_model_config(checkpoint: Path, config_path: Optional[str], info: di
 
 def load_tokenizer(model_path: str, tokenizer: Optional[str]):
     """--tokenizer, else the tokenizer in (or beside) the model folder."""
-    from data_prep.tokenizer import open_tokenizer
+    from flexbert.io.checkpoint_reader import load_tokenizer_safely
 
     p = Path(model_path)
     base = p if p.is_dir() else p.parent
@@ -67,9 +67,9 @@ def load_tokenizer(model_path: str, tokenizer: Optional[str]):
                                                       base / "model"]
     for c in candidates:
         if (c / "tokenizer.json").is_file() or (c / "tokenizer_config.json").is_file():
-            return open_tokenizer(str(c))
+            return load_tokenizer_safely(c)
     if tokenizer:  # a hub name
-        return open_tokenizer(tokenizer)
+        return load_tokenizer_safely(tokenizer)
     raise FileNotFoundError(f"{model_path}: no tokenizer beside the model; pass --tokenizer DIR")
 
 

@@ -140,8 +140,20 @@ def map_optimizer(path: str, their: dict, weights: dict, cfg: ModelConfig) -> tu
         ours = flexbert_name(name)
         if ours not in group_of:
             raise ValueError(f"{path}: optimizer state for {name}, which is not a parameter")
-        out_state[ours] = dict(value)
+        out_state[ours] = _checked_state(path, name, dict(value), weights.get(name))
     return {qualname: {"state": out_state, "param_groups": out_groups}}, OPTIMIZERS[qualname]
+
+
+def _checked_state(path: str, name: str, state: dict, param: Any) -> dict:
+    """Per-parameter tensors (exp_avg, exp_avg_sq, ...) must have the parameter's shape, or the
+    first step fails deep inside the optimizer; scalars (step) are left as they are."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and param is not None \
+                and value.shape != param.shape:
+            raise ValueError(f"{path}: optimizer state {name}.{key}: shape {tuple(value.shape)}, "
+                             f"but the parameter is {tuple(param.shape)}; import the weights "
+                             "alone with --no-optimizer")
+    return state
 
 
 def _template_groups(cfg: ModelConfig, optimizer: str, their_groups: list[dict]):
@@ -244,8 +256,12 @@ def _save(ckpt: dict, out: str) -> None:
         raise ValueError(f"{out}: refusing to write non-plain objects into a FlexBERT checkpoint")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = f"{out}.tmp-{os.getpid()}"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, out)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -272,12 +288,7 @@ def import_modernbert(args: argparse.Namespace) -> int:
 
     if not args.checkpoint and not args.yaml:
         raise ValueError("give --checkpoint with --out, and/or --yaml with --recipe")
-    for source, target, flag in ((args.checkpoint, args.out, "--out"),
-                                 (args.yaml, args.recipe, "--recipe")):
-        if source and not target:
-            raise ValueError(f"{source}: needs {flag} (where to write)")
-        if source and os.path.exists(target) and not args.overwrite:
-            raise ValueError(f"{target}: exists; pass --overwrite to replace it")
+    _check_outputs(args)
     token_ids = mc.tokenizer_ids(args.tokenizer) if args.tokenizer else None
     converted = modernbert_yaml.read(args.yaml, token_ids, args.tokenizer) if args.yaml else None
     if args.checkpoint:
@@ -293,6 +304,27 @@ def import_modernbert(args: argparse.Namespace) -> int:
         _report(args.yaml, converted.unmapped)
         print(f"wrote FlexBERT recipe {args.recipe}")
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Each output must be a file path that is none of the inputs (--overwrite replaces an
+    earlier output, never what is being read)."""
+    inputs = {os.path.realpath(p): flag for p, flag in ((args.checkpoint, "--checkpoint"),
+                                                        (args.yaml, "--yaml"),
+                                                        (args.tokenizer, "--tokenizer")) if p}
+    for source, target, flag in ((args.checkpoint, args.out, "--out"),
+                                 (args.yaml, args.recipe, "--recipe")):
+        if source and not target:
+            raise ValueError(f"{source}: needs {flag} (where to write)")
+        if not source or not target:
+            continue
+        if os.path.realpath(target) in inputs:
+            raise ValueError(f"{flag} {target}: is also {inputs[os.path.realpath(target)]} (an "
+                             "input); write to another file")
+        if os.path.isdir(target):
+            raise ValueError(f"{flag} {target}: is a directory; give the file to write")
+        if os.path.exists(target) and not args.overwrite:
+            raise ValueError(f"{target}: exists; pass --overwrite to replace it")
 
 
 def _report(source: str, unmapped: list) -> None:

@@ -235,9 +235,9 @@ def build(tree: dict, source: str) -> ModelConfig:
 
 def tokenizer_ids(path: str) -> dict[str, int]:
     """Special-token ids of a tokenizer folder or hub name, in FlexBERT's model keys."""
-    from data_prep.tokenizer import open_tokenizer
+    from flexbert.io.checkpoint_reader import load_tokenizer_safely
 
-    tok = open_tokenizer(path)
+    tok = load_tokenizer_safely(path)
     ids = {"cls_token_id": tok.cls_token_id, "sep_token_id": tok.sep_token_id,
            "pad_token_id": tok.pad_token_id, "mask_token_id": tok.mask_token_id}
     if any(v is None for v in ids.values()):

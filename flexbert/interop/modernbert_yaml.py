@@ -20,7 +20,16 @@ from flexbert.interop import modernbert_config as mc
 
 # their dotted key -> (FlexBERT recipe key, value converter)
 def _time(value: Any) -> str:
-    return str(value).replace("_", "").strip()
+    """A Composer time string ('10ba', '0.1dur'); ValueError for anything else (a list, a
+    bare word), which the callers report naming the key."""
+    from composer.core import Time
+
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a time string such as '1000ba', got {value!r}")
+    text = str(value).replace("_", "").strip()
+    if not isinstance(value, int):
+        Time.from_timestring(text)
+    return text
 
 
 def _same(value: Any) -> Any:
@@ -139,6 +148,9 @@ def read(path: str, token_ids: Optional[dict] = None, tokenizer: Optional[str] =
         raise
     except Exception as err:  # a ${...} that names nothing
         raise ConfigError(f"{path}: cannot resolve interpolations: {err}") from None
+    if not isinstance(tree, dict) or not tree:
+        raise ConfigError(f"{path}: the file is empty; expected their training YAML "
+                          "(modernbert-*.yaml, flex-bert-*.yaml)")
     flat = _flat(tree)
     flat.pop("model.model_config", None)
     their_model = dict((tree.get("model") or {}).get("model_config") or {})
@@ -149,6 +161,9 @@ def read(path: str, token_ids: Optional[dict] = None, tokenizer: Optional[str] =
                           "model maps onto FlexBERT")
     for key, value in flat.items():
         _one(out, key, value, flat)
+    if not tree.get("model"):  # else every model key would silently be BERT-base's
+        raise ConfigError(f"{path}: model: missing; expected their training YAML "
+                          "(modernbert-*.yaml, flex-bert-*.yaml) with its model section")
     _tokenizer(out, flat, tokenizer)
     _scheduler(out, tree.get("scheduler") or {}, flat)
     _optimizer(out, tree.get("optimizer") or {})
@@ -173,6 +188,9 @@ def read(path: str, token_ids: Optional[dict] = None, tokenizer: Optional[str] =
 
 def _their_tokenizer_ids(path: str, flat: dict) -> dict:
     name = flat.get("tokenizer_name") or flat.get("model.tokenizer_name")
+    if not name:
+        raise ConfigError(f"{path}: tokenizer_name: not set, and vocab_size needs the "
+                          "tokenizer's special-token ids; pass --tokenizer DIR")
     try:
         return mc.tokenizer_ids(str(name))
     except Exception as err:
@@ -237,8 +255,15 @@ def _tokenizer(out: Converted, flat: dict, tokenizer: Optional[str]) -> None:
 
 def _scheduler(out: Converted, sched: dict, flat: dict) -> None:
     name = sched.get("name")
-    times = {k: _time(v) if k.startswith("t_") else float(v)
-             for k, v in sched.items() if k != "name"}
+    times = {}
+    for key, value in sched.items():
+        if key == "name":
+            continue
+        try:
+            times[key] = _time(value) if key.startswith("t_") else float(value)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{out.source}: scheduler.{key}: {value!r} is not valid "
+                              f"({err})") from None
     if name == "linear_decay_with_warmup":  # = warmup, then linear decay over the rest of the run
         decay = _rest_of_run(times.get("t_warmup", "0dur"), flat.get("max_duration"))
         if decay is None:
@@ -270,7 +295,10 @@ def _rest_of_run(warmup: str, max_duration: Any) -> Optional[str]:
         return f"{1.0 - w.value}dur"
     if max_duration is None:
         return None
-    end = Time.from_timestring(_time(max_duration))
+    try:
+        end = Time.from_timestring(_time(max_duration))
+    except ValueError:
+        return None  # reported under max_duration by _one
     return f"{end.value - w.value}{end.unit.value}" if end.unit == w.unit else None
 
 

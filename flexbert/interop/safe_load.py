@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from flexbert.io.checkpoint_reader import UnsafeCheckpoint, load_with_stubs, safe_globals
+from flexbert.io.trust import UnsafeCheckpoint, load_with_stubs, safe_globals
 
 
 def _qualname(obj: Any) -> str:
@@ -34,7 +34,11 @@ def load(path: str, trust: bool = False, opt_in: str = "--trust-checkpoint") -> 
     except (RuntimeError, EOFError, OSError) as err:  # truncated or not a torch file at all
         raise ValueError(f"{path}: not a readable torch checkpoint "
                          f"({str(err).strip().splitlines()[0][:160]})") from None
-    return load_with_stubs(path)
+    try:
+        return load_with_stubs(path)
+    except pickle.UnpicklingError as err:  # torch blocks os/posix/subprocess even when allowed
+        raise UnsafeCheckpoint(f"{path}: refusing to load even with {opt_in}: "
+                               f"{_needed(path, err)} can run code") from None
 
 
 def _needed(path: str, err: Exception) -> str:

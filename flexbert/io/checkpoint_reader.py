@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -27,121 +25,31 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from flexbert.config import ConfigError, ModelConfig
+from flexbert.io.trust import (TRUST_FLAG, TRUST_KEY, Stub, UnreadableCheckpoint,  # noqa: F401
+                               UnsafeCheckpoint, _first_line, global_named, load_checkpoint,
+                               load_tokenizer_safely, load_with_stubs, refuse_custom_code,
+                               safe_globals)
 from flexbert.model import model_config
 
 INFO_KEY = "PhaseInfo"   # the PhaseInfo callback's key in state["callbacks"]
-TRUST_KEY = "trust_checkpoint"
-TRUST_FLAG = "--trust-checkpoint"
 FLEXBERT_CONFIG, FLEXBERT_WEIGHTS = "flexbert.yaml", "model.safetensors"
 
 
-class UnsafeCheckpoint(ValueError):
-    """A checkpoint that could run code when loaded (it needs more than weights_only allows)."""
-
-
-class UnreadableCheckpoint(ValueError):
-    """A checkpoint file that is missing, truncated or not a Composer checkpoint."""
-
-
-def _numpy_globals() -> list:
-    """What numpy arrays and dtypes in Composer's RNG state unpickle through (numpy 1 and 2)."""
-    import numpy as np
-
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct, scalar
-    dtypes = [type(np.dtype(t)) for t in ("uint32", "int64", "float64", "float32", "int32", "bool")]
-    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
-
-
-def safe_globals() -> list:
-    """Every type a checkpoint written by Composer 0.32 + FlexBERT holds besides tensors and plain
-    containers: the timestamp's wall-clock times, the recorded torch version (a str subclass)
-    and numpy's RNG state."""
-    import datetime
-
-    from torch.torch_version import TorchVersion
-
-    return [datetime.timedelta, TorchVersion, *_numpy_globals()]
-
-
-def _global_named(err: Exception) -> str:
-    found = re.search(r"GLOBAL ([\w.]+)", str(err))  # torch names the offending global
-    return f"it references {found.group(1)}" if found else _first_line(err)
-
-
-def _unsafe_message(path: str, err: Exception) -> str:
-    detail = _global_named(err)
-    return (f"{path}: refusing to load: the file needs arbitrary unpickling, which can run code "
-            f"({detail}); if you trust where it came from, set {TRUST_KEY}=true "
-            f"(or pass {TRUST_FLAG})")
-
-
-def load_checkpoint(path: str | os.PathLike, trust: bool = False, mmap: bool = True) -> dict:
-    """The whole dict of a Composer `.pt` (`state`, `rng`), loaded safely; memory-mapped unless
-    the tensors will be trained on in place (`mmap=False`).
-
-    `trust=True` is the user's explicit opt-in for older or foreign files: they load with every
-    class outside the allowlist replaced by an inert `Stub` (still weights-only, no code runs)."""
-    path = str(path)
-    if not os.path.isfile(path):
-        what = "a dangling link" if os.path.islink(path) else "no such file"
-        raise UnreadableCheckpoint(f"{path}: {what}")
-    if not zipfile.is_zipfile(path):
-        raise UnreadableCheckpoint(f"{path}: truncated or not a torch checkpoint (no zip "
-                                   "directory at its end)")
-    try:
-        if trust:
-            return load_with_stubs(path, mmap)
-        with torch.serialization.safe_globals(safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        if trust:  # torch blocks modules such as os/posix/subprocess even when allowlisted
-            raise UnsafeCheckpoint(f"{path}: refusing to load even with {TRUST_KEY}: "
-                                   f"{_global_named(err)}, which can run code") from None
-        raise UnsafeCheckpoint(_unsafe_message(path, err)) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        raise UnreadableCheckpoint(f"{path}: truncated or corrupted checkpoint "
-                                   f"({_first_line(err)})") from None
-
-
-class Stub:
-    """Stands in for a class or function a trusted checkpoint names but we never import: keeps
-    what the unpickler hands it as data and does nothing else."""
-
-    origin = "?"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs = args, kwargs
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __repr__(self) -> str:
-        return f"<stub for {self.origin}>"
-
-
-def load_with_stubs(path: str | os.PathLike, mmap: bool = False) -> Any:
-    """torch.load with weights_only=True, where every global outside `safe_globals()` resolves
-    to its own `Stub` subclass: a foreign file loads, and none of its code is imported or run."""
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in safe_globals()}
-    names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-             if n not in allowed]
-    stubs = [(type(n.rsplit(".", 1)[-1], (Stub,), {"origin": n}), n) for n in names]
-    with torch.serialization.safe_globals([*safe_globals(), *stubs]):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def guard_composer_loads(trust: bool = False) -> None:
-    """Make Composer's own loads (`load_path`, autoresume) go through `load_checkpoint`.
+    """Make Composer's own loads (`load_path`, autoresume) go through the safe readers.
 
     Composer 0.32 reads monolithic checkpoints with `torch.load(weights_only=False)` in
     `composer.utils.checkpoint._torch_load_with_validation`, after downloading them; replacing
-    that one function covers local and object-store files alike. Without it (another Composer),
-    `load_path` and autoresume are still checked by `flexbert.train.checkpointing.provenance` beforehand."""
+    that one function covers local and object-store files alike. Sharded folders go through
+    torch.distributed.checkpoint instead: `FileSystemReader.read_metadata` unpickles `.metadata`
+    with plain `pickle` and `DefaultLoadPlanner.load_bytes` each byte item with
+    `weights_only=False`; both are replaced (see `guard_sharded_loads`). `flexbert.train.checkpointing.provenance`
+    also checks `load_path` and autoresume beforehand, so a refusal comes before any build."""
     from composer.utils import checkpoint as composer_checkpoint
 
+    guard_sharded_loads(trust)
     if not hasattr(composer_checkpoint, "_torch_load_with_validation"):
         return
 
@@ -149,6 +57,50 @@ def guard_composer_loads(trust: bool = False) -> None:
         return load_checkpoint(path, trust, mmap=False)
 
     composer_checkpoint._torch_load_with_validation = safe_load
+
+
+def guard_sharded_loads(trust: bool = False) -> None:
+    """torch.distributed.checkpoint's two unpickling points, made safe for this process: the
+    folder is checked whole (`check_sharded_folder`) when its `.metadata` is read, `.metadata`
+    goes through the restricted unpickler, and every byte item through `read_bytes_item`'s
+    weights-only load (stubs with the trust opt-in)."""
+    import io
+
+    from torch.distributed.checkpoint import default_planner, filesystem
+    from torch.distributed.checkpoint.metadata import StorageMeta
+    from torch.distributed.checkpoint._traverse import set_element
+
+    from flexbert.io.sharded import check_sharded_folder, read_metadata
+
+    def read_metadata_safely(self):
+        folder = Path(str(self.path))
+        check_sharded_folder(folder, trust)
+        metadata = read_metadata(folder)
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+    def load_bytes_safely(self, read_item, value: io.BytesIO) -> None:
+        obj = _bytes_item(value, trust, read_item.dest_index.fqn)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+    filesystem.FileSystemReader.read_metadata = read_metadata_safely
+    default_planner.DefaultLoadPlanner.load_bytes = load_bytes_safely
+
+
+def _bytes_item(value: Any, trust: bool, fqn: str) -> Any:
+    try:
+        if trust:
+            return load_with_stubs(value)
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(value, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpoint(f"sharded checkpoint item {fqn}: refusing to load: "
+                               f"{global_named(err)}, which can run code") from None
 
 
 def is_sharded(path: str | os.PathLike) -> bool:
@@ -164,7 +116,7 @@ def load_checkpoint_state(path: str | os.PathLike, trust: bool = False) -> dict:
         except ImportError:
             raise UnreadableCheckpoint(f"{path}: a sharded checkpoint folder, and this FlexBERT "
                                        "has no flexbert.io.sharded reader") from None
-        return read_sharded_checkpoint(path)
+        return read_sharded_checkpoint(path, trust)
     ckpt = load_checkpoint(path, trust)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state"), dict) \
             or not isinstance(ckpt["state"].get("model"), dict):
@@ -212,7 +164,7 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
     shapes = [f"{k}: {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in weights and weights[k].shape != own[k].shape]
     if missing or unexpected or shapes:
-        raise ValueError(f"{source}: weights do not fit the model config; missing {missing[:5]}, "
+        raise ConfigError(f"{source}: weights do not fit the model config; missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
     model.load_state_dict(weights, strict=False)
     model.tie_weights()
@@ -269,17 +221,15 @@ def source_config_tree(source: str, trust: bool = False, key: str = "model.init_
     return None
 
 
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
 def hf_source_config(source: str, key: str = "model.init_from") -> tuple[Any, Optional[int]]:
     """(transformers config, the tokenizer's [MASK] id when the source has a tokenizer)."""
     from transformers import AutoConfig
 
+    refuse_custom_code(source)
     try:
-        return AutoConfig.from_pretrained(source), _mask_id_from_tokenizer(source)
-    except OSError as err:
+        return (AutoConfig.from_pretrained(source, trust_remote_code=False),
+                _mask_id_from_tokenizer(source))
+    except (OSError, ValueError) as err:
         raise ConfigError(f"{key}: {source}: {_first_line(err)}") from None
 
 
@@ -287,10 +237,9 @@ def _mask_id_from_tokenizer(source: str) -> Optional[int]:
     if os.path.isdir(source) and not any(
             (Path(source) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         return None
+    refuse_custom_code(source)  # outside the try: a refusal is not "no tokenizer"
     try:
-        from data_prep.tokenizer import open_tokenizer
-
-        return open_tokenizer(source).mask_token_id
+        return load_tokenizer_safely(source).mask_token_id
     except (OSError, ValueError):
         return None
 
@@ -316,6 +265,7 @@ def read_source(source: str | os.PathLike, trust: bool = False,
 
     from flexbert.io.hf import flex_config_from_hf
 
+    refuse_custom_code(source)
     try:  # safetensors only: a pytorch_model.bin would be unpickled
         hf_model = ModernBertForMaskedLM.from_pretrained(source, use_safetensors=True)
     except OSError as err:

@@ -169,8 +169,17 @@ def from_transformers(hf_model: Any, **overrides: Any) -> FlexBertForMaskedLM:
     if isinstance(hf_model, (str, Path)):
         from transformers import ModernBertForMaskedLM
 
-        # safetensors only: a pytorch_model.bin would be unpickled
-        hf_model = ModernBertForMaskedLM.from_pretrained(str(hf_model), use_safetensors=True)
+        from flexbert.io.trust import refuse_custom_code
+
+        refuse_custom_code(hf_model)
+        try:  # safetensors only: a pytorch_model.bin would be unpickled
+            hf_model = ModernBertForMaskedLM.from_pretrained(str(hf_model), use_safetensors=True)
+        except OSError as err:
+            from flexbert.config import ConfigError
+
+            raise ConfigError(f"{hf_model}: {(str(err).strip().splitlines() or [''])[0]} "
+                              "(FlexBERT reads model.safetensors only: a pytorch_model.bin is a "
+                              "pickle that could run code)") from None
     cfg = flex_config_from_hf(hf_model.config, **overrides)
     model = FlexBertForMaskedLM(cfg)
     state = {k: v for k, v in hf_model.state_dict().items() if not _is_rotary_buffer(k)}

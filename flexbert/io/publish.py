@@ -92,9 +92,9 @@ def load_tokenizer(source: Optional[str]) -> Any:
     """The tokenizer to publish beside the weights, or None when the run names none."""
     if not source:
         return None
-    from data_prep.tokenizer import open_tokenizer
+    from flexbert.io.checkpoint_reader import load_tokenizer_safely
 
-    return open_tokenizer(source)
+    return load_tokenizer_safely(source)
 
 
 def model_card(info: dict, repo_id: Optional[str] = None, revision: Optional[str] = None) -> str:

@@ -5,6 +5,12 @@ A folder holds `.metadata` (a pickle: which tensor chunks and byte items exist a
 `__<rank>_<n>.distcp` files (each item a `torch.save` stream at an offset). The pickle is read
 with an Unpickler that admits only the checkpoint metadata classes and plain types; every item is
 read with `torch.load(weights_only=True)`. Chunks are stitched into full tensors.
+
+`check_sharded_folder` is the gate in front of Composer and torch.distributed.checkpoint, which
+unpickle `.metadata` with plain `pickle` and byte items with `weights_only=False`: every byte item
+must load safely (with the trust opt-in: foreign classes as inert stubs), or the folder is refused
+naming the item, before either library opens it. `.metadata` is never trusted: a genuine one
+names only the classes below.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import datetime
 import io
 import logging
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -34,9 +41,6 @@ _DCP_CLASSES = {
 _TORCH_TYPES = (torch.dtype, torch.layout, torch.memory_format)
 # Plain values Composer stores beside the weights (wall-clock times, the torch version string).
 SAFE_VALUES = [datetime.timedelta, torch.torch_version.TorchVersion]
-# Top-level parts a reader needs; an item elsewhere (rng states, ...) that cannot be read
-# safely is left out rather than failing the whole checkpoint.
-REQUIRED = ("state.model", "state.callbacks", "state.timestamp")
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -53,29 +57,47 @@ def is_sharded_checkpoint(path: str | Path) -> bool:
 
 
 def read_metadata(folder: Path) -> Any:
+    from flexbert.io.trust import UnreadableCheckpoint, UnsafeCheckpoint
+
     try:
         with open(folder / METADATA, "rb") as f:
             return _MetadataUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as err:
-        raise ValueError(f"{folder / METADATA}: not a readable sharded-checkpoint index ({err})") from None
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpoint(f"{folder / METADATA}: not a readable sharded-checkpoint index "
+                               f"({err}); refusing it, with or without trust_checkpoint") from None
+    except (EOFError, AttributeError, ImportError, TypeError, ValueError, IndexError,
+            KeyError, OSError) as err:
+        raise UnreadableCheckpoint(f"{folder / METADATA}: not a readable sharded-checkpoint "
+                                   f"index ({type(err).__name__}: {err})") from None
 
 
-def read_sharded_checkpoint(path: str | Path) -> dict:
+def read_sharded_checkpoint(path: str | Path, trust: bool = False) -> dict:
     """The Composer `state` dict of a sharded checkpoint folder: {"model": {name: full tensor},
     "callbacks": ..., "timestamp": ..., "optimizers": ...}, the same names a `.pt` has."""
+    from flexbert.io.trust import UnreadableCheckpoint
+
     folder = Path(path)
     if not is_sharded_checkpoint(folder):
-        raise ValueError(f"{folder}: not a sharded checkpoint folder (no {METADATA} file)")
+        raise UnreadableCheckpoint(f"{folder}: not a sharded checkpoint folder (no {METADATA} file)")
     meta = read_metadata(folder)
     paths = getattr(meta, "planner_data", None) or {}
-    flat = _read_items(folder, meta)
+    flat = _read_items(folder, meta, trust)
     tree: dict = {}
     for fqn, value in flat.items():
         _put(tree, paths.get(fqn, tuple(fqn.split("."))), value)
     state = _lists(tree).get("state")
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{folder}: no 'state.model' in this checkpoint (not written by Composer?)")
+        raise UnreadableCheckpoint(f"{folder}: no 'state.model' in this checkpoint (not written "
+                                   "by Composer?)")
     return state
+
+
+def check_sharded_folder(path: str | Path, trust: bool = False) -> None:
+    """Refuse (UnsafeCheckpoint / UnreadableCheckpoint) a folder whose `.metadata` or any byte
+    item would need arbitrary unpickling; call before Composer or torch load it."""
+    folder = Path(path)
+    meta = read_metadata(folder)
+    _read_items(folder, meta, trust, tensors=False)
 
 
 def _put(tree: dict, keys, value: Any) -> None:
@@ -95,49 +117,91 @@ def _lists(node: Any) -> Any:
     return node
 
 
-def _read_items(folder: Path, meta: Any) -> dict[str, Any]:
+def _read_items(folder: Path, meta: Any, trust: bool, tensors: bool = True) -> dict[str, Any]:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    chunks: dict[str, list] = {}
-    for index, info in meta.storage_data.items():
-        chunks.setdefault(index.fqn, []).append((index, info))
+    from flexbert.io.trust import UnreadableCheckpoint
+
+    try:
+        chunks: dict[str, list] = {}
+        for index, info in meta.storage_data.items():
+            chunks.setdefault(index.fqn, []).append((index, info))
+        items = list(meta.state_dict_metadata.items())
+    except (AttributeError, TypeError) as err:
+        raise UnreadableCheckpoint(f"{folder / METADATA}: not a sharded-checkpoint index "
+                                   f"({err})") from None
     flat: dict[str, Any] = {}
-    for fqn, item in meta.state_dict_metadata.items():
+    for fqn, item in items:
         if isinstance(item, TensorStorageMetadata):
-            flat[fqn] = _full_tensor(folder, fqn, item, chunks.get(fqn, []))
+            if tensors:
+                flat[fqn] = _full_tensor(folder, fqn, item, chunks.get(fqn, []))
             continue
-        try:
-            with torch.serialization.safe_globals(SAFE_VALUES):
-                flat[fqn] = torch.load(io.BytesIO(_read(folder, chunks[fqn][0][1])),
-                                       weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError) as err:
-            if fqn.startswith(REQUIRED):
-                raise ValueError(f"{folder}: item {fqn} does not load safely "
-                                 f"(weights_only): {str(err).splitlines()[0]}") from None
-            log.info("sharded checkpoint %s: skipped %s (needs arbitrary unpickling)", folder, fqn)
+        if not chunks.get(fqn):
+            raise UnreadableCheckpoint(f"{folder / METADATA}: item {fqn} has no storage entry")
+        flat[fqn] = read_bytes_item(folder, fqn, chunks[fqn][0][1], trust)
     return flat
 
 
+def read_bytes_item(folder: Path, fqn: str, info: Any, trust: bool) -> Any:
+    """One byte item, weights-only; a foreign class is refused naming the item and its file,
+    or (trust) becomes an inert stub. Modules torch blocks (os, subprocess) are always refused."""
+    from flexbert.io.trust import (TRUST_FLAG, TRUST_KEY, UnreadableCheckpoint,
+                                            UnsafeCheckpoint, load_with_stubs, safe_globals,
+                                            global_named)
+
+    where = f"{folder / info.relative_path}: item {fqn}"
+    data = _read(folder, info)
+    try:
+        if trust:
+            return load_with_stubs(io.BytesIO(data))
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        if trust:
+            raise UnsafeCheckpoint(f"{where}: refusing to load even with {TRUST_KEY}: "
+                                   f"{global_named(err)}, which can run code") from None
+        raise UnsafeCheckpoint(f"{where}: refusing to load: it needs arbitrary unpickling, which "
+                               f"can run code ({global_named(err)}); if you trust where it came "
+                               f"from, set {TRUST_KEY}=true (or pass {TRUST_FLAG})") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, OSError) as err:
+        raise UnreadableCheckpoint(f"{where}: truncated or corrupted "
+                                   f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})") from None
+
+
 def _full_tensor(folder: Path, fqn: str, item: Any, parts: list) -> torch.Tensor:
+    from flexbert.io.trust import UnreadableCheckpoint
+
     full = torch.empty(tuple(item.size), dtype=item.properties.dtype)
     covered = 0
     for index, info in parts:
-        piece = torch.load(io.BytesIO(_read(folder, info)), weights_only=True, map_location="cpu")
-        view = full
-        for dim, (start, length) in enumerate(zip(index.offset, piece.shape)):
-            view = view.narrow(dim, start, length)
-        view.copy_(piece)
+        try:
+            piece = torch.load(io.BytesIO(_read(folder, info)), weights_only=True,
+                               map_location="cpu")
+            view = full
+            for dim, (start, length) in enumerate(zip(index.offset, piece.shape)):
+                view = view.narrow(dim, start, length)
+            view.copy_(piece)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, IndexError) as err:
+            raise UnreadableCheckpoint(f"{folder / info.relative_path}: tensor {fqn} does not "
+                                       f"read back ({type(err).__name__}: "
+                                       f"{(str(err).splitlines() or [''])[0]})") from None
         covered += piece.numel()
     if covered != full.numel():
-        raise ValueError(f"{folder}: tensor {fqn} has {covered} of {full.numel()} values in its "
+        raise UnreadableCheckpoint(f"{folder}: tensor {fqn} has {covered} of {full.numel()} values in its "
                          "shard files (a rank's file is missing?)")
     return full
 
 
 def _read(folder: Path, info: Any) -> bytes:
+    from flexbert.io.trust import UnreadableCheckpoint
+
     if getattr(info, "transform_descriptors", None):
-        raise ValueError(f"{folder / info.relative_path}: compressed or transformed items "
-                         f"({info.transform_descriptors}) are not supported")
-    with open(folder / info.relative_path, "rb") as f:
+        raise UnreadableCheckpoint(f"{folder / info.relative_path}: compressed or transformed "
+                                   f"items ({info.transform_descriptors}) are not supported")
+    path = folder / str(info.relative_path)
+    if os.path.dirname(os.path.normpath(str(info.relative_path))) or not path.is_file():
+        raise UnreadableCheckpoint(f"{folder / METADATA}: names shard file "
+                                   f"{info.relative_path!r}, which is not a file in the folder")
+    with open(path, "rb") as f:
         f.seek(info.offset)
         return f.read(info.length)

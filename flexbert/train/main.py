@@ -74,6 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def train(recipe) -> int:
     """Plan against save_folder, train, export; every expected failure is one line + exit code."""
     from flexbert.io.checkpoint_reader import UnreadableCheckpoint, UnsafeCheckpoint
+    from flexbert.data.documents import ShardError, shard_error_line
     from flexbert.train.builder import build_trainer
     from flexbert.train.callbacks.nonfinite import NonFiniteLoss
     from flexbert.train.checkpointing.launch_plan import finish, is_rank_zero, last_good, plan_run
@@ -96,6 +97,10 @@ def train(recipe) -> int:
             print(f"error: {recipe.cfg.save_folder}: save_folder holds checkpoints of an earlier "
                   "run; set autoresume=true to continue it, or choose another save_folder",
                   file=sys.stderr)
+        return 2
+    except ShardError as err:  # a bad shard met while training (maybe in a loader worker)
+        if is_rank_zero():
+            print(f"error: {shard_error_line(err)}", file=sys.stderr)
         return 2
     except NonFiniteLoss as err:
         if is_rank_zero():

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,12 @@ from composer.utils import parse_uri
 from flexbert.io.checkpoint_reader import load_checkpoint_state
 from flexbert.config import ConfigError
 from flexbert.train.recipe.schema import Recipe
+from flexbert.train.checkpointing import manifest
 from flexbert.train.checkpointing.provenance import check_fits, checkpoints_in, newest_loadable, repoint_latest
+
+# What a run from before manifests wrote that restart may remove: checkpoints (files and
+# sharded folders), latest links and the saver's temporary names, by their exact patterns.
+LEGACY_RE = re.compile(r"^(ep\d+-ba\d+(-rank\d+\.pt)?|latest-rank\d+\.pt)(\.tmp-\d+)?$")
 
 # A timestamp field per max_duration unit; batches and epochs end exactly, samples and tokens
 # overshoot on the last step.
@@ -55,29 +61,56 @@ def check_load_path(recipe: Recipe) -> None:
                    new_phase=cfg.reset_time or cfg.load_weights_only)
 
 
+def planned_outputs(cfg) -> list[str]:
+    """Names (relative to save_folder) this launch may create besides checkpoints."""
+    from flexbert.train.callbacks.summary import PLOT_NAME
+
+    names = [cfg.callbacks.metrics_jsonl, cfg.export.hf_folder, PLOT_NAME]
+    if cfg.callbacks.publish.enabled:
+        names.append(cfg.callbacks.publish.folder)
+    if cfg.callbacks.downstream_eval.enabled:
+        names.append(cfg.callbacks.downstream_eval.folder)
+    if cfg.loggers.wandb.enabled and not cfg.loggers.wandb.dir:
+        names.append("wandb")
+    return [n for n in names if n]
+
+
+def record_planned(cfg, folder: str) -> None:
+    """Record the outputs this launch will create (those not already there: a folder the user
+    keeps elsewhere in save_folder is never adopted)."""
+    os.makedirs(folder, exist_ok=True)
+    fresh = [n for n in planned_outputs(cfg)
+             if (p := manifest.contained(folder, n)) is not None and not os.path.lexists(p)]
+    manifest.record(folder, fresh)
+
+
 def run_outputs(cfg, folder: str) -> list[Path]:
-    """Everything a run writes into save_folder that a restart must clear."""
+    """What the previous run wrote into save_folder (its manifest), never anything outside it.
+    A run from before manifests: its checkpoints and latest links by their exact names only."""
     root = Path(folder)
     if not root.is_dir():
         return []
-    names = [cfg.callbacks.metrics_jsonl, cfg.export.hf_folder, cfg.callbacks.publish.folder]
-    out = [root / n for n in names if n and not os.path.isabs(n) and os.path.lexists(root / n)]
-    out += [p for p in root.iterdir() if p.name.startswith(("ep", "latest-rank")) and
-            (p.suffix == ".pt" or p.is_dir() or ".tmp-" in p.name)]
+    names = manifest.read(folder)
+    if names is None:
+        names = [p.name for p in root.iterdir() if LEGACY_RE.match(p.name)]
+    out = [p for n in names if (p := manifest.contained(folder, n)) is not None
+           and os.path.lexists(p)]
     return sorted(set(out))
 
 
 def restart(cfg, folder: str) -> None:
     items = run_outputs(cfg, folder)
-    if not items or not is_rank_zero():
+    if not is_rank_zero():
         return
-    print(f"restart=true: removing the previous run in {folder}: "
-          + ", ".join(p.name for p in items), flush=True)
+    if items:
+        print(f"restart=true: removing the previous run in {folder}: "
+              + ", ".join(os.path.relpath(p, os.path.realpath(folder)) for p in items), flush=True)
     for path in items:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink()
+    Path(folder, manifest.MANIFEST).unlink(missing_ok=True)
 
 
 def progress(state: dict, max_duration: str) -> tuple[int, int, str]:
@@ -95,7 +128,9 @@ def plan_run(recipe: Recipe) -> Plan:
     folder = _local_folder(cfg)
     if folder is not None and cfg.restart:
         restart(cfg, folder)
-    elif folder is not None:
+    if folder is not None and is_rank_zero():
+        record_planned(cfg, folder)
+    if folder is not None and not cfg.restart:
         plan = _plan_existing(recipe, folder)
         if plan is not None:
             return plan  # the run's own checkpoints decide; Composer then ignores load_path
@@ -181,6 +216,6 @@ def export_tokenizer(cfg):
         logging.getLogger(__name__).warning("no tokenizer at %s; the HF folder has weights and "
                                             "config only", path)
         return None
-    from data_prep.tokenizer import open_tokenizer
+    from flexbert.io.checkpoint_reader import load_tokenizer_safely
 
-    return open_tokenizer(path)
+    return load_tokenizer_safely(path)

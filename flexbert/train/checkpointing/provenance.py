@@ -22,11 +22,12 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from flexbert.io.checkpoint_reader import (UnreadableCheckpoint, UnsafeCheckpoint, checkpoint_info,
-                                        load_checkpoint_state, model_state)
+                                        is_sharded, load_checkpoint_state, model_state)
 from flexbert.config import ConfigError, to_yaml
 
 log = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"^ep(\d+)-ba(\d+)-rank0\.pt$")
+SHARDED_RE = re.compile(r"^ep(\d+)-ba(\d+)$")  # Composer's folder name under sharded saving
 LATEST = "latest-rank0.pt"
 
 # Model keys that change how a step is computed, not what the weights mean.
@@ -138,23 +139,29 @@ def check_fits(path: str, state: dict, recipe: Any, key: str, new_phase: bool) -
 # --- the checkpoints in save_folder --------------------------------------------------------------
 
 def checkpoints_in(folder: str) -> list[Path]:
-    """Rank 0's monolithic checkpoints in `folder`, newest (highest batch) first."""
+    """Rank 0's checkpoints in `folder` (monolithic files and sharded folders), newest (highest
+    batch) first."""
     root = Path(folder)
     if not root.is_dir():
         return []
-    found = [(int(m.group(2)), p) for p in root.iterdir()
-             if (m := CHECKPOINT_RE.match(p.name)) and p.is_file() and not p.is_symlink()]
+    found = [(int(m.group(2)), p) for p in root.iterdir() if not p.is_symlink() and (
+        ((m := CHECKPOINT_RE.match(p.name)) and p.is_file())
+        or ((m := SHARDED_RE.match(p.name)) and is_sharded(p)))]
     return [p for _, p in sorted(found, key=lambda t: (t[0], t[1].stat().st_mtime), reverse=True)]
 
 
 def newest_loadable(folder: str, trust: bool) -> tuple[Optional[Path], dict, list[str]]:
     """(the newest checkpoint that loads, its state, 'file: why' for each newer one skipped).
-    `latest-rank0.pt` is only a pointer: the files themselves decide."""
+    `latest-rank0.pt` is only a pointer: the files themselves decide. What it points at is
+    still what Composer's autoresume would open, so an unsafe target is refused here."""
     skipped = []
     latest = Path(folder) / LATEST
     if os.path.islink(latest) and not latest.exists():
         skipped.append(f"{LATEST}: dangling link to {os.readlink(latest)}")
-    for path in checkpoints_in(folder):
+    found = checkpoints_in(folder)
+    if latest.exists() and os.path.realpath(latest) not in {os.path.realpath(p) for p in found}:
+        check_pointer(latest, trust)  # the scan below reads (or repoints away from) the others
+    for path in found:
         try:
             return path, load_checkpoint_state(path, trust), skipped
         except UnsafeCheckpoint:
@@ -162,6 +169,15 @@ def newest_loadable(folder: str, trust: bool) -> tuple[Optional[Path], dict, lis
         except UnreadableCheckpoint as err:
             skipped.append(f"{path.name}: {str(err).split(': ', 1)[-1]}")
     return None, {}, skipped
+
+
+def check_pointer(latest: Path, trust: bool) -> None:
+    """Read what `latest-rank0.pt` names with the safe reader: UnsafeCheckpoint propagates,
+    an unreadable target is left for the newest-first scan to skip."""
+    try:
+        load_checkpoint_state(os.path.realpath(latest), trust)
+    except UnreadableCheckpoint:
+        pass
 
 
 def repoint_latest(folder: str, chosen: Path) -> None:

@@ -67,9 +67,24 @@ class AtomicCheckpointSaver(CheckpointSaver):
         saved = self.saved_checkpoints[-1] if self.saved_checkpoints else None
         if latest is None or saved is None or saved == previous:
             return  # this rank wrote nothing, or nothing is kept locally
+        target = str(pathlib.Path(saved).parent) if state.fsdp_sharded_state_dict_enabled else saved
         if dist.get_global_rank() == 0 or not state.fsdp_sharded_state_dict_enabled:
-            target = str(pathlib.Path(saved).parent) if state.fsdp_sharded_state_dict_enabled else saved
             point_symlink(latest.format(state), target)
+
+        if dist.get_global_rank() == 0:
+            self._record(state, target, latest.format(state))
+
+    def _record(self, state: State, target: str, link: str) -> None:
+        """Add this step's checkpoint (every rank's file) and the latest links to the run's
+        manifest, so restart=true removes them and nothing else."""
+        from flexbert.train.checkpointing import manifest
+
+        folder = os.path.dirname(link) or "."
+        names = [target, link]
+        if not state.fsdp_sharded_state_dict_enabled:
+            for rank in range(1, dist.get_world_size()):
+                names += [p.replace("-rank0", f"-rank{rank}") for p in (target, link)]
+        manifest.record(folder, [os.path.abspath(n) for n in names])
 
 
 def local_save_folder(save_folder: str) -> str:

@@ -157,6 +157,10 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
 
 
 def _validate_trainer(cfg: RecipeConfig, fail) -> None:
+    if cfg.trainer.eval_subset_num_batches < 1:
+        fail("trainer.eval_subset_num_batches", f"{cfg.trainer.eval_subset_num_batches}: give a "
+             "number of batches per evaluation (>= 1); the packed eval stream has no end, so "
+             "-1 (all) cannot apply")
     from flexbert.train.distributed.fsdp import validate_fsdp
 
     every = cfg.trainer.activation_checkpointing

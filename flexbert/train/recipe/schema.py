@@ -73,7 +73,9 @@ class TrainerConfig:
     ddp_sync_strategy: Optional[str] = None
     dist_timeout: float = 300.0
     train_metrics: bool = True              # masked loss/accuracy on training batches
-    eval_subset_num_batches: int = -1
+    # Batches per evaluation. The packed eval stream has no end (Composer's -1, "all", cannot
+    # apply), so the default is a number, as in the shipped recipes.
+    eval_subset_num_batches: int = 100
     log_to_console: bool = True
     console_log_interval: str = "1ba"
     progress_bar: bool = True
