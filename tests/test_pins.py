@@ -74,7 +74,7 @@ SHIMS = {
     # torch.nn.attention.varlen arrived in torch 2.10; before it the kernel refuses by name.
     "torch-varlen": Shim("torch", "2.10", lambda: _spec("torch.nn.attention.varlen"),
                          lambda: not _spec("torch.nn.attention.varlen"),
-                         "torch.nn.attention.varlen", 'find_spec("torch.nn.attention.varlen")',
+                         "torch.nn.attention.varlen", "except ImportError:",
                          "flexbert/model/attention/kernels.py"),
     # sentence-transformers moved modules/losses/evaluation under sentence_transformer.
     "st-modules": Shim("sentence-transformers", None,
