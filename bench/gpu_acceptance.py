@@ -96,7 +96,7 @@ def check_rope_under_fsdp_v1(device) -> dict:
 
     if not dist.is_initialized():
         dist.init_process_group("nccl", rank=0, world_size=1, store=dist.HashStore())
-    cfg = C.model_cfg(C.BASE, padding="unpadded", **{"attention.kernel": "sdpa", "num_layers": 3})
+    cfg = C.model_cfg(C.base_tree(), padding="unpadded", **{"attention.kernel": "sdpa", "num_layers": 3})
     model = FlexBertForMaskedLM(cfg).to(device)
     mixed, _, _, buffer_dtype = get_mixed_precision("amp_bf16", "DEFAULT")
     wrapped = FSDP(model, mixed_precision=mixed, device_id=device, use_orig_params=True)
@@ -124,14 +124,13 @@ def check_compiled_step(device) -> dict:
     from torch._dynamo.utils import counters
 
     from flexbert.model import FlexBertForMaskedLM
-    from flexbert.model.compile import compile_options
-    from flexbert.model.compile import without_duck_shapes
+    from flexbert.model.compile import compile_options, without_duck_shapes
 
     from gpu_throughput import packed_batches
 
     torch._dynamo.reset()
     counters.clear()
-    cfg = C.model_cfg(C.BASE, padding="unpadded", **{"attention.kernel": C.best_kernel()})
+    cfg = C.model_cfg(C.base_tree(), padding="unpadded", **{"attention.kernel": C.best_kernel()})
     model = FlexBertForMaskedLM(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     compiled = torch.compile(model, **compile_options())
@@ -164,8 +163,7 @@ def measure_throughput(device, steps: int = 10, warmup: int = 3) -> list[dict]:
     """tokens/s per GPU and MFU, base phase 1 (1024) and context extension (8192); MFU uses the
     trainer's FLOP model and peak table (flexbert.train.callbacks.telemetry)."""
     from flexbert.model import FlexBertForMaskedLM
-    from flexbert.model.compile import compile_options
-    from flexbert.model.compile import without_duck_shapes
+    from flexbert.model.compile import compile_options, without_duck_shapes
     from flexbert.runtime.perf import device_peak_flops, flops_per_token
 
     from gpu_throughput import packed_batches, run_case
@@ -175,7 +173,7 @@ def measure_throughput(device, steps: int = 10, warmup: int = 3) -> list[dict]:
     for phase, seq_len, rows, theta in (("phase 1", 1024, 16, 10000.0),
                                         ("context extension", 8192, 2, 160000.0)):
         torch._dynamo.reset()
-        cfg = C.model_cfg(C.BASE, padding="unpadded", **{"attention.kernel": C.best_kernel(),
+        cfg = C.model_cfg(C.base_tree(), padding="unpadded", **{"attention.kernel": C.best_kernel(),
                                                            "position.global_theta": theta})
         model = FlexBertForMaskedLM(cfg).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)

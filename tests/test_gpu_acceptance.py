@@ -31,8 +31,7 @@ def test_acceptance_script_imports_what_it_calls():
     from gpu_throughput import packed_batches, run_case  # noqa: F401
 
     from composer.distributed.mosaic_parallelism import get_mixed_precision
-    from flexbert.model.compile import compile_options
-    from flexbert.model.compile import without_duck_shapes
+    from flexbert.model.compile import compile_options, without_duck_shapes
     from flexbert.runtime.perf import device_peak_flops, flops_per_token
 
     _, _, _, buffer_dtype = get_mixed_precision("amp_bf16", "DEFAULT")
