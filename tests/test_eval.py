@@ -6,6 +6,7 @@ sentence-transformers on a generated BEIR-style set."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -163,3 +164,72 @@ def test_retrieval_beats_untrained_baseline_and_loads_in_sentence_transformers(r
     model = SentenceTransformer(str(folder / "hf"), device="cpu")  # the folder as train.py wrote it
     vectors = model.encode(["def read(path): return open(path).read()", "import os"])
     assert vectors.shape == (2, 64)
+
+
+def test_resumed_run_adopts_unrecorded_evaluations(run, tmp_path):
+    """Issue 22, point 6: training killed while step 6's evaluation ran (its row never reached
+    metrics.jsonl, one of its four runs unfinished): the resumed run adopts it, keeping the
+    three finished runs, redoing the missing one and recording the row."""
+    import shutil
+
+    from composer.loggers import Logger
+
+    from flexbert.train.callbacks.downstream_eval import DownstreamEval
+    from flexbert.runtime.metrics_file import MetricsJSONL
+
+    folder, cls, ner = run
+    copy = tmp_path / "run"
+    shutil.copytree(folder, copy, symlinks=True)
+    metrics = copy / "metrics.jsonl"
+    kept = [line for line in metrics.read_text().splitlines()
+            if not ('"downstream/launched_at"' in line and json.loads(line)["step"] == 6)]
+    metrics.write_text("\n".join(kept) + "\n")
+    results = copy / "downstream" / "step6" / "results.jsonl"
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join(lines[:3]) + "\n")  # the fourth run was killed
+    finished = {json.loads(x)["finished"] for x in lines[:3]}
+    cb = DownstreamEval(str(copy / "downstream"), [str(cls), str(ner)], [1, 2], None, False,
+                        dict(FAST))
+    logger = Logger(state=None, destinations=[MetricsJSONL(str(metrics))])
+    cb._adopt(8, logger)  # resumed from the step-8 checkpoint
+    assert [p.step for p in cb.pending] == [6]  # step 12 is past the resume point: redone later
+    cb._wait(logger, 600)
+    assert not cb.pending
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    assert sorted((r["task"], r["seed"]) for r in rows) == [
+        ("banana", 1), ("banana", 2), ("ner", 1), ("ner", 2)]
+    assert finished <= {r["finished"] for r in rows}  # the finished runs were kept, not redone
+    row = {r["step"]: r for r in read_metrics(str(metrics))}[6]
+    assert "downstream/banana/accuracy" in row and "downstream/ner/entity_f1" in row
+
+
+def test_evaluation_child_dies_with_its_run(tmp_path):
+    """No evaluation outlives a SIGKILLed run: the child is started with a parent-death signal."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "from flexbert.train.callbacks.downstream_eval import _die_with_parent\n"
+        "c = subprocess.Popen(['sleep', '120'], start_new_session=True, "
+        "preexec_fn=_die_with_parent)\n"
+        "print(c.pid, flush=True)\n"
+        "time.sleep(120)\n")], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for _ in range(100):  # a bound, not a measurement: the signal is delivered at once
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:  # reaped by init shortly after it dies
+            if f.read().split(") ")[1].startswith("Z"):
+                break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the evaluation child outlived its killed run")

@@ -127,3 +127,21 @@ def test_recipe_without_eval_subset_builds_and_minus_one_is_named(sample_corpus,
     assert cfg.trainer.eval_subset_num_batches == 100
     with pytest.raises(ConfigError, match="trainer.eval_subset_num_batches: -1"):
         load_recipe(str(recipe), [f"data_dir={sample_corpus}", "trainer.eval_subset_num_batches=-1"])
+
+
+def test_bad_shard_in_a_loader_worker_is_one_line():
+    """A worker's ShardError comes back wrapped with its traceback; the line is the message."""
+    from torch._utils import ExceptionWrapper
+
+    from flexbert.data.documents import ShardError, shard_error_line
+
+    message = "data.streams.a: shard d/shard.00000.mds: sample 3 has token id 9999, outside ..."
+    try:
+        raise ShardError(message)
+    except ShardError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(ShardError) as caught:
+        wrapped.reraise()
+    assert str(caught.value).startswith("Caught ShardError")
+    assert shard_error_line(caught.value) == message
+    assert shard_error_line(ShardError(message)) == message

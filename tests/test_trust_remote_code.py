@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from flexbert.io.checkpoint_reader import load_tokenizer_safely
 from flexbert.config import ConfigError
 from flexbert.train.main import main
 
@@ -56,6 +55,8 @@ def hostile_tokenizer(sample_corpus, tmp_path, marker) -> Path:
 
 
 def test_tokenizer_folder_with_auto_map_is_refused_by_name(hostile_tokenizer, marker):
+    from flexbert.io.checkpoint_reader import load_tokenizer_safely
+
     with pytest.raises(ConfigError, match=r"tok/tokenizer_config\.json: auto_map"):
         load_tokenizer_safely(hostile_tokenizer)
     config_path = hostile_tokenizer / "tokenizer_config.json"

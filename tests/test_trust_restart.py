@@ -10,8 +10,6 @@ from pathlib import Path
 
 from flexbert.runtime.metrics_file import read_metrics
 from flexbert.train.main import main
-from flexbert.train.checkpointing.manifest import MANIFEST, contained
-from flexbert.train.checkpointing.launch_plan import run_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -26,6 +24,8 @@ def args(corpus: Path, folder: Path, *extra: str) -> list[str]:
 
 
 def test_contained_never_leaves_the_folder(tmp_path):
+    from flexbert.train.checkpointing.manifest import contained
+
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "out").symlink_to(tmp_path)  # a link inside pointing outside
     assert contained(tmp_path / "run", "hf") == tmp_path / "run" / "hf"
@@ -36,8 +36,6 @@ def test_contained_never_leaves_the_folder(tmp_path):
 def test_restart_removes_only_what_the_run_wrote(sample_corpus, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(args(sample_corpus, run, "export.hf_folder=hf")) == 0
-    wrote = json.loads((run / MANIFEST).read_text())["wrote"]
-    assert {"ep0-ba2-rank0.pt", "latest-rank0.pt", "metrics.jsonl", "hf"} <= set(wrote)
     (run / "episodes").mkdir()  # the user's own files beside the run
     (run / "episodes" / "e1.txt").write_text("mine")
     (run / "epoch_summary.pt").write_bytes(b"mine")
@@ -55,11 +53,16 @@ def test_restart_removes_only_what_the_run_wrote(sample_corpus, tmp_path, capsys
     assert not (run / "hf").exists() and not (run / "ep0-ba2-rank0.pt").exists()
     assert [r["step"] for r in read_metrics(str(run / "metrics.jsonl"))] == [1]
     assert os.readlink(run / "latest-rank0.pt") == "ep0-ba1-rank0.pt"
+    wrote = json.loads((run / ".flexbert-run.json").read_text())["wrote"]
+    assert {"ep0-ba1-rank0.pt", "latest-rank0.pt", "metrics.jsonl", "loss.png"} <= set(wrote)
+    assert not any(".." in name for name in wrote)  # ../shared_exports is never recorded
 
 
 def test_a_run_without_manifest_loses_only_its_checkpoints(tmp_path):
     """Folders from before manifests: checkpoints and latest links by their exact names."""
     from omegaconf import OmegaConf
+
+    from flexbert.train.checkpointing.launch_plan import run_outputs
 
     run = tmp_path / "run"
     run.mkdir()

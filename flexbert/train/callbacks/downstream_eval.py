@@ -60,6 +60,29 @@ class DownstreamEval(Callback):
         if self.every is not None:
             elapsed = float(state.timestamp.get(self.every.unit).value)
             self._next = (elapsed // self.every.value + 1) * self.every.value
+        if dist.get_global_rank() == 0:
+            self._adopt(int(state.timestamp.batch), logger)
+
+    def _adopt(self, resumed_at: int, logger: Logger) -> None:
+        """A resumed run takes over the evaluations an earlier launch started but never
+        recorded (killed before its results came back): every snapshot up to the resumed step
+        without a downstream row in metrics.jsonl is evaluated again; `flexbert eval` keeps the
+        runs already in its results.jsonl and does only the missing ones."""
+        if resumed_at == 0 or not self.folder.is_dir():
+            return
+        recorded = _recorded_steps(logger)
+        for meta in sorted(self.folder.glob("step*/snapshot.json")):
+            try:
+                info = json.loads(meta.read_text())
+                step, tokens = int(info["step"]), int(info["tokens"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if step > resumed_at or step in recorded or any(p.step == step for p in self.pending):
+                continue  # later snapshots are taken again as the run gets there
+            log.info("downstream eval: adopting step %d from an earlier launch (finished runs "
+                     "kept, missing ones redone)", step)
+            self.pending.append(Pending(step, tokens, meta.parent, time.time()))
+        self._launch_queued()
 
     def batch_end(self, state: State, logger: Logger) -> None:
         # Every rank decides alike (the clock is the same everywhere): under FSDP the snapshot's
@@ -121,7 +144,9 @@ class DownstreamEval(Callback):
         finally:
             model.train(was_training)
         # metrics.jsonl counts this phase's tokens (results.jsonl has all phases')
-        self.pending.append(Pending(step, int(state.timestamp.token), folder, time.time()))
+        tokens = int(state.timestamp.token)
+        (folder / "snapshot.json").write_text(json.dumps({"step": step, "tokens": tokens}) + "\n")
+        self.pending.append(Pending(step, tokens, folder, time.time()))
         self._launch_queued()
 
     def _launch_queued(self) -> None:
@@ -149,7 +174,7 @@ class DownstreamEval(Callback):
         out = open(p.folder / "eval.log", "w")
         try:
             return subprocess.Popen(self.command(p), stdout=out, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent)
         finally:
             out.close()
 
@@ -190,7 +215,41 @@ class DownstreamEval(Callback):
                 destination.log_metrics(others, step=self._step)
 
     def state_dict(self) -> dict:
-        return {}
+        """What was pending at this checkpoint (for the record; a resumed run adopts from the
+        snapshot folders and metrics.jsonl, which also cover snapshots taken after it)."""
+        return {"pending": [{"step": p.step, "tokens": p.tokens, "folder": str(p.folder)}
+                            for p in self.pending]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.restored_pending = list((state or {}).get("pending") or [])
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the training process dies (even by SIGKILL),
+    so no evaluation outlives its run unnoticed (Linux; elsewhere fit_end's terminate only)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _recorded_steps(logger: Logger) -> set[int]:
+    """Steps whose downstream row is already in metrics.jsonl."""
+    steps: set[int] = set()
+    for destination in logger.destinations:
+        if _is_metrics_jsonl(destination) and os.path.isfile(destination.path):
+            with open(destination.path) as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue
+                    if "downstream/launched_at" in row:
+                        steps.add(int(row["step"]))
+    return steps
 
 
 def _tokenizer(info: dict) -> Any:
