@@ -51,6 +51,10 @@ FACTORS = {
     "trainer.grad_clip_norm=0 (no gradient clipping)": ["trainer.grad_clip_norm=0"],
     "optimizer.lr=4e-3": ["optimizer.lr=4.0e-3"],
     "optimizer.name=torch_adamw (wd scaled by LR)": ["optimizer.name=torch_adamw"],
+    "no batch-size warmup, no gradient clipping": ["batch.warmup_start=null",
+                                                   "trainer.grad_clip_norm=0"],
+    "no batch-size warmup, no gradient clipping, optimi_adamw": [
+        "batch.warmup_start=null", "trainer.grad_clip_norm=0", "optimizer.name=optimi_adamw"],
     "scheduler.t_warmup=0tok (no LR warmup)": ["scheduler.t_warmup=0tok"],
     "optimizer.weight_decay=0": ["optimizer.weight_decay=0"],
     "model.init.type=normal (no depth scaling)": ["model.init.type=normal"],
@@ -117,14 +121,15 @@ def ensure_corpus(name: str, work: Path) -> Path:
     out = work / "corpora" / name
     if (out / "val" / "index.json").is_file():
         return out
-    if name == "sample":
+    if name in ("sample", "sample8192"):  # sample8192: the earlier default, whole modules
         from data_prep.sample import build_sample
 
-        build_sample(str(out), progress=False)
+        build_sample(str(out), progress=False, **({"max_doc_tokens": 8192} if name != "sample"
+                                                  else {}))
     elif name == "prose":
         build_prose(out, 4_000_000)
     else:
-        raise SystemExit(f"--corpora: unknown corpus {name!r}; known: sample, prose")
+        raise SystemExit(f"--corpora: unknown corpus {name!r}; known: sample, sample8192, prose")
     return out
 
 
@@ -326,6 +331,19 @@ def cached(work: Path, name: str, key_parts: Any, compute) -> dict:
     return out
 
 
+def corpus_settings(data_dir: Path) -> dict:
+    """What the corpus was built with (a rebuilt corpus must not reuse cached runs)."""
+    stats = json.loads((data_dir / "stats.json").read_text())
+    return {k: stats.get(k) for k in ("max_doc_tokens", "val_fraction", "seed", "tokens_written",
+                                      "documents_written")}
+
+
+def resolved(data_dir: Path, overrides: list[str]) -> str:
+    """The recipe a run trains with, whether a value comes from the YAML or an override."""
+    recipe = load_recipe([f"data_dir={data_dir}", *overrides])
+    return repr((recipe.cfg, recipe.model, recipe.data))
+
+
 def config_text() -> str:
     return (ROOT / CONFIG).read_text() + (ROOT / "configs/model/tiny.yaml").read_text()
 
@@ -354,7 +372,8 @@ def flex_cell(corpus: str, data_dir: Path, seed: int, overrides: list[str], step
                 "points": flex, "wall_s": round(wall, 1)}
 
     return cached(work, f"flex-{corpus}-s{seed}",
-                  ["flex", corpus, seed, overrides, steps, every, config_text()], compute)
+                  ["flex", corpus, seed, resolved(data_dir, overrides), steps, every,
+                   corpus_settings(data_dir)], compute)
 
 
 def plain_settings(recipe) -> dict:
@@ -386,7 +405,8 @@ def plain_cell(corpus: str, data_dir: Path, seed: int, overrides: list[str], max
                 "wall_s": round(time.time() - started, 1)}
 
     return cached(work, f"plain-{corpus}-s{seed}",
-                  ["plain", corpus, seed, plain_settings(recipe), max_tokens, grid_tokens],
+                  ["plain", corpus, seed, plain_settings(recipe), max_tokens, grid_tokens,
+                   corpus_settings(data_dir)],
                   compute)
 
 
@@ -540,7 +560,8 @@ def main() -> None:
             for n, d in corpora.items() for s in seeds]
     jobs += [("plain", n, d, s, over, max_tokens, args.grid, work)
              for n, d in corpora.items() for s in seeds]
-    jobs += [("flex", "sample", corpora["sample"], s, over + FACTORS[f], args.steps, args.every,
+    first = next(iter(corpora))  # the single-factor runs use the first corpus
+    jobs += [("flex", first, corpora[first], s, over + FACTORS[f], args.steps, args.every,
               work) for f in factors for s in seeds[:args.factor_seeds]]
     started = time.time()
     results = run_jobs(jobs, args.jobs)
@@ -556,7 +577,7 @@ def main() -> None:
         payload["corpora"][name] = {"baselines": baselines(d), "curve": curve_table(flex, plain),
                                     "flex": flex, "plain": plain}
     if factors:
-        payload["factors"] = factor_table(results[:main_n], results[main_n:], over)
+        payload["factors"] = factor_table(results[:main_n], results[main_n:], over, first)
     payload["wall_s"] = round(time.time() - started, 1)
     md = markdown(payload)
     print(md)
@@ -565,11 +586,11 @@ def main() -> None:
                    plot_fn=lambda: plot(payload))
 
 
-def factor_table(main: list[dict], factor_cells: list[dict], over: list[str]) -> dict:
+def factor_table(main: list[dict], factor_cells: list[dict], over: list[str], corpus: str) -> dict:
     """Eval loss per variant on the sample corpus at the largest token count every run reached
     (mean over its seeds); noise: the sd over seeds of the unchanged recipe there."""
-    flex = [c for c in main if c["side"] == "flex" and c["corpus"] == "sample"]
-    plain = [c for c in main if c["side"] == "plain" and c["corpus"] == "sample"]
+    flex = [c for c in main if c["side"] == "flex" and c["corpus"] == corpus]
+    plain = [c for c in main if c["side"] == "plain" and c["corpus"] == corpus]
     tokens = min(c["points"][-1]["tokens"] for c in flex + factor_cells)
     base, sd = mean_sd([loss_at(c["points"], tokens) for c in flex])
     rows = {"recipe as run (" + (" ".join(over) or "configs/tiny.yaml") + ")":
@@ -582,7 +603,7 @@ def factor_table(main: list[dict], factor_cells: list[dict], over: list[str]) ->
         if losses:
             rows[name] = {"loss": statistics.mean(losses),
                           "diff": statistics.mean(losses) - base, "n": len(losses)}
-    return {"corpus": "sample", "seeds": sorted({c["seed"] for c in factor_cells}),
+    return {"corpus": corpus, "seeds": sorted({c["seed"] for c in factor_cells}),
             "tokens": round(tokens), "noise": sd, "rows": rows}
 
 

@@ -75,3 +75,23 @@ def test_bench_evaluator_same_model_same_loss_both_paths(sample_corpus, quality_
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  again.state_dict().values()))
     assert ev(Q.flex_to_hf(again))["loss"] == pytest.approx(via_hf["loss"], abs=1e-6)
+
+
+def test_sample_corpus_stores_documents_of_at_most_512_tokens(sample_corpus):
+    """Long stdlib modules are stored as <= 512-token documents, which Streaming shuffles apart:
+    the packer would otherwise fill a 32-row tiny batch with one module's pieces."""
+    stats = json.loads((sample_corpus / "stats.json").read_text())
+    assert stats["max_doc_tokens"] == 512
+    docs = read_split(sample_corpus, "train")
+    assert max(len(d) for d in docs) <= 512 and len(docs) > stats["documents"]
+
+
+def test_sample_built_with_other_settings_is_rebuilt(tmp_path):
+    """A runs/sample left by an earlier default (8192-token documents) is rebuilt, not refused."""
+    from data_prep.sample import build_sample
+
+    out = tmp_path / "sample"
+    build_sample(str(out), max_bytes=60_000, max_doc_tokens=8192, progress=False)
+    stats = build_sample(str(out), max_bytes=60_000, progress=False)
+    assert stats["max_doc_tokens"] == 512
+    assert json.loads((out / "sample.json").read_text())["max_doc_tokens"] == 512
