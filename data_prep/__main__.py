@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary size")
     s.add_argument("--max-bytes", type=int, default=4_000_000, help="text to take from the stdlib")
     _common_args(s, 0.02)
+    s.set_defaults(max_doc_tokens=512)  # data_prep.sample.SAMPLE_MAX_DOC_TOKENS: varied batches
     return ap
 
 

@@ -46,8 +46,16 @@ def stdlib_documents(max_bytes: int) -> Iterator[str]:
                     return
 
 
+# Documents longer than this are stored as separate pieces, which Streaming shuffles apart. The
+# packer puts a document's pieces side by side in one batch: at the tiny recipe's 32 rows of 128
+# tokens, a 8192-token stdlib module would fill two whole batches, and such batches (one
+# document each) learn far less per token than varied ones (bench/quality.py). 512 is also
+# the tiny context-extension length, so those phases still see whole rows of one document.
+SAMPLE_MAX_DOC_TOKENS = 512
+
+
 def build_sample(out: str, vocab_size: int = 4096, max_bytes: int = 4_000_000, workers: int = 1,
-                 max_doc_tokens: int = 8192, val_fraction: float = 0.02, seed: int = 17,
+                 max_doc_tokens: int = SAMPLE_MAX_DOC_TOKENS, val_fraction: float = 0.02, seed: int = 17,
                  overwrite: bool = False, progress: bool = True) -> dict:
     """Corpus -> tokenizer -> shards, in the same layout `mds` writes.
 
@@ -59,6 +67,9 @@ def build_sample(out: str, vocab_size: int = 4096, max_bytes: int = 4_000_000, w
     if not overwrite and marker.is_file() and json.loads(marker.read_text()) == settings:
         print(f"{out}: sample corpus already built with these settings; reusing it", file=sys.stderr)
         return json.loads((Path(out) / "stats.json").read_text())
+    if marker.is_file():  # our own earlier sample, other settings (e.g. a new default): rebuild
+        print(f"{out}: sample corpus built with other settings; rebuilding it", file=sys.stderr)
+        overwrite = True
     stats = _build(out, settings, workers, overwrite, progress)
     marker.write_text(json.dumps(settings) + "\n")
     return stats

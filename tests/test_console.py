@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,19 @@ def test_extended_run_total_is_the_new_end(sample_corpus, first, capfd):
     text = "".join(capfd.readouterr())
     assert "step 7/8" in text and "step 8/8 100%" in text and "step 1/8" not in text
     assert "(2 this run)" in text
+
+
+def test_summary_shows_unigram_baseline_and_fill_mask(sample_corpus, first):
+    """The summary puts the eval loss beside the validation tokens' unigram entropy, and fills a
+    [MASK] in a validation line with the model's top 3."""
+    from flexbert.data.unigram import read_split, token_frequencies, unigram_entropy
+
+    _, text = first
+    summary = text[text.index("== run c finished"):]
+    docs = read_split(sample_corpus, "val")
+    expected = unigram_entropy(token_frequencies(docs, special_ids=range(5)))
+    assert re.search(rf"^  unigram +{expected:.4f} \(entropy of the validation tokens; eval "
+                     rf"loss \d\.\d{{4}} is \d\.\d{{4}} (below|above) it\)$", summary, re.M), summary
+    line = next(ln for ln in summary.splitlines() if ln.strip().startswith("fill-mask"))
+    assert "[MASK]" in line and "->" in line and "held-back answer" in line, line
+    assert len(line.split("->")[1].split(",")) >= 3, line  # three guesses

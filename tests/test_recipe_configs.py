@@ -58,3 +58,19 @@ def test_publish_every_must_be_a_time_string():
 
     with pytest.raises(ConfigError, match="callbacks.publish.every"):
         load_recipe(CONFIGS / "tiny_decay.yaml", ["callbacks.publish.every=often"])
+
+
+def test_tiny_learns_per_token_and_base_large_keep_the_recipe():
+    """bench/quality.py: at the tiny scale a batch-size warmup and global-norm clipping on top of
+    StableAdamW's update clipping cost loss per token, so tiny has neither; base and large keep
+    the recipe's batch-size warmup, and no phase-1 recipe clips gradients (ModernBERT's public
+    pretraining config has no gradient clipping: StableAdamW clips updates instead)."""
+    tiny = load_recipe(CONFIGS / "tiny.yaml").cfg
+    assert tiny.batch.warmup_start is None and tiny.trainer.grad_clip_norm == 0.0
+    assert tiny.optimizer.name == "stable_adamw"
+    assert (tiny.optimizer.betas, tiny.optimizer.eps, tiny.optimizer.weight_decay) == (
+        [0.9, 0.98], 1e-6, 1e-5)
+    for name, start in (("base.yaml", 768), ("large.yaml", 448)):
+        cfg = load_recipe(CONFIGS / name).cfg
+        assert cfg.batch.warmup_start == start and cfg.trainer.grad_clip_norm == 0.0
+        assert cfg.optimizer.name == "stable_adamw"

@@ -32,7 +32,7 @@ def export_hf(recipe, trainer) -> Optional[Path]:
     from flexbert.train.checkpointing.saver import local_save_folder
     from flexbert.runtime.distributed import export_model
     from flexbert.train.callbacks.nonfinite import check_finite
-    from flexbert.train.checkpointing.launch_plan import export_tokenizer
+    from flexbert.train.recipe.data import export_tokenizer
 
     cfg = recipe.cfg
     if not cfg.export.hf_folder:

@@ -29,6 +29,28 @@ def stable_adamw(groups: list[dict], lr: float, betas: Iterable[float], eps: flo
                        decouple_lr=True, max_lr=lr, **extra)
 
 
+@OPTIMIZERS.register("optimi_adamw")
+def optimi_adamw(groups: list[dict], lr: float, betas: Iterable[float], eps: float,
+                 weight_decay: float, **extra: Any) -> torch.optim.Optimizer:
+    """torch-optimi AdamW with the same decoupling as stable_adamw: StableAdamW without its
+    per-tensor update clipping (to measure what the clipping does)."""
+    from optimi import AdamW
+
+    if not torch.cuda.is_available():
+        extra.setdefault("triton", False)
+    return AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                 decouple_lr=True, max_lr=lr, **extra)
+
+
+@OPTIMIZERS.register("torch_adamw")
+def torch_adamw(groups: list[dict], lr: float, betas: Iterable[float], eps: float,
+                weight_decay: float, **extra: Any) -> torch.optim.Optimizer:
+    """torch.optim.AdamW. Its weight decay is multiplied by the LR (wd * lr per step), so 1e-5
+    here is ~lr times weaker than the decoupled optimizers' 1e-5; for comparisons only."""
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps,
+                             weight_decay=weight_decay, **extra)
+
+
 @OPTIMIZERS.register("decoupled_adamw")
 def decoupled_adamw(groups: list[dict], lr: float, betas: Iterable[float], eps: float,
                     weight_decay: float, **extra: Any) -> torch.optim.Optimizer:

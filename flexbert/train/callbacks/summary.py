@@ -72,7 +72,8 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
     return Path(os.path.realpath(link)) if link.exists() else None
 
 
-def summary_lines(recipe: Any, trainer: Any, console: Console, paths: dict[str, Any]) -> list[str]:
+def summary_lines(recipe: Any, trainer: Any, console: Console, paths: dict[str, Any],
+                  quality: Sequence[tuple[str, str]] = ()) -> list[str]:
     state = trainer.state
     wall = time.time() - console.start_time
     steps, tokens = int(state.timestamp.batch), int(state.timestamp.token)
@@ -89,6 +90,7 @@ def summary_lines(recipe: Any, trainer: Any, console: Console, paths: dict[str, 
         ("eval loss", f"{eval_loss:.4f}" + (f", masked accuracy {eval_acc:.4f}"
                                             if eval_acc is not None else "")
          if eval_loss is not None else "- (no evaluation ran)"),
+        *quality,
         ("tokens/s", f"{human(phase_tokens / wall)}" if wall > 0 else "-"),
     ]
     rows += [(name, str(value)) for name, value in paths.items() if value]
@@ -121,4 +123,16 @@ def finish(recipe: Any, trainer: Any, hf_folder: Optional[Path]) -> None:
              if checkpoint else None,
              "metrics": metrics if metrics and metrics.is_file() else None,
              "loss plot": plot, "hf folder": hf_folder}
-    print("\n".join(summary_lines(recipe, trainer, console, paths)), flush=True)
+    print("\n".join(summary_lines(recipe, trainer, console, paths,
+                                  model_quality(recipe, trainer, console))), flush=True)
+
+
+def model_quality(recipe: Any, trainer: Any, console: Console) -> list[tuple[str, str]]:
+    """Unigram baseline and fill-mask rows (flexbert.train.callbacks.baseline); the model is the training one,
+    except under FSDP, whose shards rank 0 alone cannot run."""
+    from flexbert.train.callbacks.baseline import quality_rows
+    from flexbert.runtime.distributed import unwrap
+
+    state = trainer.state
+    model = None if state.fsdp_enabled else unwrap(state.model).model
+    return quality_rows(recipe, model, console.last_eval.get("MaskedLoss"))

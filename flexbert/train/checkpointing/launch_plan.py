@@ -203,19 +203,9 @@ def export_checkpoint(recipe: Recipe, checkpoint: Path, out: Path) -> None:
 
     model, _ = checkpoint_model(checkpoint, trust=recipe.cfg.trust_checkpoint)
     check_finite(model, str(out))
+    from flexbert.train.recipe.data import export_tokenizer
+
     save_hf(model, out, export_tokenizer(recipe.cfg))
     print(f"Hugging Face model folder: {out} (from {checkpoint.name})", flush=True)
 
 
-def export_tokenizer(cfg):
-    """The tokenizer the HF export carries: export.tokenizer, else <data_dir>/tokenizer."""
-    import logging
-
-    path = cfg.export.tokenizer or os.path.join(cfg.data_dir, "tokenizer")
-    if not os.path.isdir(path):
-        logging.getLogger(__name__).warning("no tokenizer at %s; the HF folder has weights and "
-                                            "config only", path)
-        return None
-    from flexbert.io.checkpoint_reader import load_tokenizer_safely
-
-    return load_tokenizer_safely(path)

@@ -74,3 +74,17 @@ def packing_efficiency(batch: Any) -> float:
 
 def seq_len_and_mask_rate(data: Any) -> tuple[int, float]:
     return data.max_seq_len, data.mlm_probability
+
+
+def export_tokenizer(cfg):
+    """The tokenizer the HF export carries: export.tokenizer, else <data_dir>/tokenizer."""
+    import logging
+
+    path = cfg.export.tokenizer or os.path.join(cfg.data_dir, "tokenizer")
+    if not os.path.isdir(path):
+        logging.getLogger(__name__).warning("no tokenizer at %s; the HF folder has weights and "
+                                            "config only", path)
+        return None
+    from flexbert.io.checkpoint_reader import load_tokenizer_safely
+
+    return load_tokenizer_safely(path)
