@@ -74,3 +74,74 @@ def test_extended_run_total_is_the_new_end(sample_corpus, first, capfd):
     text = "".join(capfd.readouterr())
     assert "step 7/8" in text and "step 8/8 100%" in text and "step 1/8" not in text
     assert "(2 this run)" in text
+
+
+def at_step(step: int, tokens: int = 0):
+    """A stand-in for Composer's State: the console reads only its timestamp."""
+    from types import SimpleNamespace
+
+    from composer.core import Timestamp
+
+    return SimpleNamespace(timestamp=Timestamp(batch=step, token=tokens))
+
+
+def test_eta_follows_tokens_through_the_batch_size_warmup():
+    """The tiny recipe's warmup (8 -> 32 rows over 200k tokens): 50 steps hold 71k of 3.09M
+    token slots, so the 750 steps left take ~42x the time so far, not 15x."""
+    import time
+
+    from composer.core import TimeUnit
+
+    from flexbert.data.schedule import RowSchedule
+    from flexbert.train.console import Console
+
+    schedule = RowSchedule(32, 128, 1, 8, 200_000)
+    console = Console(work=schedule.tokens_before)
+    console.unit, console.total = TimeUnit.BATCH, 800
+    console.start_time = time.time() - 100.0
+    eta = console.eta(at_step(50))
+    expected = 100.0 * (schedule.tokens_before(800) - schedule.tokens_before(50)) \
+        / schedule.tokens_before(50)
+    assert abs(eta - expected) < 0.02 * expected, (eta, expected)
+    steps_only = Console()
+    steps_only.unit, steps_only.total, steps_only.start_time = TimeUnit.BATCH, 800, console.start_time
+    assert eta > 2.5 * steps_only.eta(at_step(50))  # the old estimate: 750/50 x 100 s
+
+
+def test_metrics_line_shows_the_mean_loss_since_the_last_line():
+    from flexbert.train.console import TRAIN_LOSS, Console
+
+    console = Console()
+    console.total = 10
+    for step, loss in enumerate([4.0, 6.0, 8.0], start=1):
+        console.log_metrics({TRAIN_LOSS: loss})
+        console.train_curve.append((step, loss))
+        console.line_losses.append(loss)
+    assert "loss 6.0000 (mean of 3 steps)" in console.train_line(at_step(3))
+    console.line_losses.append(5.0)
+    assert "| loss 5.0000 |" in console.train_line(at_step(4))  # one step: no "mean of"
+
+
+def test_prints_during_a_bar_start_on_their_own_line():
+    """What another part of the run prints while the bar is drawn (publish, warnings) clears the
+    bar's line first instead of running into it."""
+    from tqdm.auto import tqdm
+
+    from flexbert.train.console import BarSafeStream
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    bar = tqdm(total=10, file=term, leave=True)
+    bar.n = 3
+    bar.refresh()
+    stream = BarSafeStream(bar, term)
+    stream.write("published runs/x")
+    assert "published" not in term.getvalue()  # held until the line is complete
+    stream.write("/model\n")
+    bar.close()
+    text = term.getvalue()
+    before = text[:text.index("published runs/x/model\n")]
+    assert "3/10" in before and before.endswith("\r"), repr(text)  # the bar's line was cleared

@@ -131,3 +131,14 @@ def test_restart_clears_the_old_run(sample_corpus, run, capsys):
     assert [r["step"] for r in read_metrics(str(run / "metrics.jsonl"))] == [1, 2]
     with open(run / "metrics.jsonl") as f:
         assert len(f.readlines()) == 2  # a new file, not appended to the old one
+
+
+def test_refusals_offer_another_save_folder(sample_corpus, run, capsys):
+    """A second walk-through into a folder that holds a run: besides restart=true (which deletes
+    it), each refusal names a free save_folder that keeps it."""
+    for extra in (["max_duration=2ba"], ["max_duration=6ba"], ["max_duration=6ba", "model.num_layers=2"]):
+        assert main(args(sample_corpus, run, *extra)) == 2
+        err = capsys.readouterr().err
+        assert f"save_folder={run}-2 to keep it" in err and len(err.strip().splitlines()) == 1, err
+    assert main(args(sample_corpus, run, "max_duration=4ba")) == 0
+    assert f"save_folder={run}-2 (keeps it)" in capsys.readouterr().out
