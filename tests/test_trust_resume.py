@@ -142,3 +142,14 @@ def test_refusals_offer_another_save_folder(sample_corpus, run, capsys):
         assert f"save_folder={run}-2 to keep it" in err and len(err.strip().splitlines()) == 1, err
     assert main(args(sample_corpus, run, "max_duration=4ba")) == 0
     assert f"save_folder={run}-2 (keeps it)" in capsys.readouterr().out
+
+
+def test_run_id_is_kept_by_a_relaunch_and_renewed_by_restart(sample_corpus, run, capsys):
+    """`flexbert eval` keys results by this id (a restarted run reuses ep0-ba2 and the name)."""
+    from flexbert.run_identity import read_run_id
+
+    first = read_run_id(run)
+    assert first and main(args(sample_corpus, run, "max_duration=4ba")) == 0  # finished: kept
+    assert read_run_id(run) == first
+    assert main(args(sample_corpus, run, "max_duration=2ba", "restart=true")) == 0
+    assert read_run_id(run) not in (None, first)

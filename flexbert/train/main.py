@@ -90,6 +90,18 @@ def starting_point(recipe, plan) -> Optional[str]:
     return f"{cfg.run_name}: loading {what} from {shown}{clocks}"
 
 
+def mark_run(recipe, plan) -> None:
+    """Rank 0 writes the run's id into a local save_folder: a new one unless it resumes."""
+    from composer.utils import parse_uri
+
+    from flexbert.run_identity import start_run_id
+    from flexbert.train.rerun import is_rank_zero
+
+    folder = recipe.cfg.save_folder
+    if folder and not parse_uri(folder)[0] and is_rank_zero():
+        start_run_id(folder, fresh=plan.resume_from is None)
+
+
 def train(recipe) -> int:
     """Plan against save_folder, train, export; every expected failure is one line + exit code."""
     from flexbert.checkpoint_reader import UnreadableCheckpoint, UnsafeCheckpoint
@@ -102,6 +114,7 @@ def train(recipe) -> int:
         if plan.finished:
             finish(recipe, plan.finished)
             return 0
+        mark_run(recipe, plan)
         line = starting_point(recipe, plan)
         if line and is_rank_zero():
             print(line, flush=True)
