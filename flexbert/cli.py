@@ -122,8 +122,23 @@ def _load_plugins() -> None:
                 raise
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Commands with `key=value` overrides (their `overrides` positional) take them anywhere,
+    also after flags (`flexbert sweep FILE --print-commands max_duration=60ba`): argparse fills
+    a positional list only from one run of positionals, and its intermixed parsing does not
+    work with subcommands, so the leftover key=value words are added here."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and isinstance(getattr(args, "overrides", None), list) and \
+            all("=" in word and not word.startswith("-") for word in rest):
+        args.overrides += rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return int(args.fn(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
