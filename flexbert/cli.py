@@ -33,13 +33,18 @@ def components(args: argparse.Namespace) -> int:
     from flexbert.components import load_all_components
     from flexbert.registry import ALL
 
+    import shutil
+    import textwrap
+
     load_all_components()
+    columns = min(120, shutil.get_terminal_size((100, 24)).columns)
     for family in sorted(ALL):
         registry = ALL[family]
-        print(f"{family}  ({registry.contract})")
+        print(textwrap.fill(f"{family}  ({registry.contract})", columns, subsequent_indent="    "))
         width = max((len(name) for name in registry.names()), default=0)
-        for name in registry.names():
-            print(f"  {name:<{width}}  {registry.describe(name)}")
+        for name in registry.names():  # wrapped under the description, never cut
+            print(textwrap.fill(registry.describe(name), columns, initial_indent=f"  {name:<{width}}  ",
+                                subsequent_indent=" " * (width + 4)))
         print()
     return 0
 
