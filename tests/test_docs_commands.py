@@ -112,7 +112,8 @@ def fresh_folder(root: Path) -> Path:
 def environment(bin_dir: Path) -> dict:
     """`python`, `flexbert` and `composer` resolve to this interpreter and this checkout."""
     bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
     (bin_dir / "flexbert").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m flexbert.cli "$@"\n')
     (bin_dir / "flexbert").chmod(0o755)
     path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
