@@ -61,6 +61,8 @@ def test_new_phase_bar_counts_tokens_from_zero(sample_corpus, first, tmp_path, c
                          f"load_path={first / 'ep0-ba6-rank0.pt'}",
                          "trainer.console_log_interval=1ba")) == 0
     text = "".join(capfd.readouterr())
+    assert f"c: loading weights, optimizer and schedule from {first / 'ep0-ba6-rank0.pt'}" in text
+    assert "step and token counts start at 0" in text
     first_line = next(line for line in text.splitlines() if line.startswith("step 1 |"))
     assert "/2.5k" in first_line and "tok 1" in first_line, first_line
     assert "eval at step" in text
@@ -145,3 +147,14 @@ def test_prints_during_a_bar_start_on_their_own_line():
     text = term.getvalue()
     before = text[:text.index("published runs/x/model\n")]
     assert "3/10" in before and before.endswith("\r"), repr(text)  # the bar's line was cleared
+
+
+def test_checkpoints_command_lists_step_tokens_and_loss(first, capsys):
+    from flexbert import cli
+
+    folder, _ = first
+    rows = {r["step"]: r for r in read_metrics(str(folder / "metrics.jsonl"))}
+    assert cli.main(["checkpoints", str(folder)]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("ep0-ba6-rank0.pt"))
+    assert f" 6 " in line and f"{rows[6]['tokens']:,}" in line and f"{rows[6]['loss']:.4f}" in line
+    assert line.endswith("(latest)") and f"{rows[6]['metrics/eval/MaskedLoss']:.4f}" in line
