@@ -34,6 +34,7 @@ SLOW_TESTS = {
     "test_plan.py::test_measurement_matches_the_memory_a_real_fp32_forward_holds",
     "test_plan.py::test_plan_prints_every_phase_and_writes_json",
     "test_plan.py::test_training_md_figures_are_what_plan_prints_for_base",
+    "test_data_loader.py::test_released_streaming_memory_frees_descriptors_but_not_live_loaders",
 }
 
 
