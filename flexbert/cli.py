@@ -13,7 +13,7 @@ from typing import Sequence
 from flexbert.commands import COMMANDS, command  # noqa: F401  (`command`: plugins add theirs)
 
 # Each room registers its subcommands in flexbert.commands; this module only runs them.
-ROOMS_WITH_COMMANDS = ("flexbert.io.cli", "flexbert.sweep", "flexbert.finetune",
+ROOMS_WITH_COMMANDS = ("flexbert.io.cli", "flexbert.train.cli", "flexbert.sweep", "flexbert.finetune",
                        "flexbert.train.planning.plan", "flexbert.interop.modernbert",
                        "flexbert.evaluation")
 
@@ -32,13 +32,18 @@ def components(args: argparse.Namespace) -> int:
     from flexbert.plugins import load_entry_point_plugins
     from flexbert.registry import ALL
 
+    import shutil
+    import textwrap
+
     load_entry_point_plugins()
+    columns = min(120, shutil.get_terminal_size((100, 24)).columns)
     for family in sorted(ALL):
         registry = ALL[family]
-        print(f"{family}  ({registry.contract})")
+        print(textwrap.fill(f"{family}  ({registry.contract})", columns, subsequent_indent="    "))
         width = max((len(name) for name in registry.names()), default=0)
-        for name in registry.names():
-            print(f"  {name:<{width}}  {registry.describe(name)}")
+        for name in registry.names():  # wrapped under the description, never cut
+            print(textwrap.fill(registry.describe(name), columns, initial_indent=f"  {name:<{width}}  ",
+                                subsequent_indent=" " * (width + 4)))
         print()
     return 0
 
@@ -122,8 +127,23 @@ def _load_plugins() -> None:
                 raise
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Commands with `key=value` overrides (their `overrides` positional) take them anywhere,
+    also after flags (`flexbert sweep FILE --print-commands max_duration=60ba`): argparse fills
+    a positional list only from one run of positionals, and its intermixed parsing does not
+    work with subcommands, so the leftover key=value words are added here."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and isinstance(getattr(args, "overrides", None), list) and \
+            all("=" in word and not word.startswith("-") for word in rest):
+        args.overrides += rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return int(args.fn(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

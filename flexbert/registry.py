@@ -34,7 +34,7 @@ class Registry(Generic[T]):
                 raise ValueError(f"{self.family} registry already has an entry named {name!r}")
             self._entries[name] = obj
             text = doc if doc is not None else (getattr(obj, "__doc__", None) or "")
-            self._docs[name] = text.strip().splitlines()[0] if text.strip() else ""
+            self._docs[name] = first_sentence(text)
             return obj
 
         return add
@@ -59,6 +59,15 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def first_sentence(doc: str) -> str:
+    """A docstring's first sentence, whole even when it wraps over several lines (its first
+    line alone can stop mid-sentence); the whole first paragraph when it has no full stop."""
+    import re
+
+    paragraph = " ".join(re.split(r"\n\s*\n", doc.strip(), maxsplit=1)[0].split())
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z`(])", paragraph, maxsplit=1)[0]
 
 
 ALL: dict[str, Registry] = {}

@@ -16,7 +16,34 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+# `pytest -m "not slow" tests` is the few-minute subset (README): the modules below train, fine-tune
+# or launch processes end to end (each minutes on 2 cores), as do the single tests after them;
+# everything else is unit-sized. CI runs the whole suite. A module-level or per-test
+# @pytest.mark.slow works too; this list keeps the choice in one place.
+SLOW_MODULES = {
+    "test_activation_checkpointing", "test_compile", "test_console", "test_data_elastic",
+    "test_data_text", "test_docs_commands", "test_eval", "test_finetune", "test_fsdp",
+    "test_import_modernbert", "test_newcomer", "test_plugins", "test_recipe_continual",
+    "test_recipe_phases", "test_sweep", "test_train_run", "test_trust_nan", "test_trust_pickle",
+    "test_trust_publish", "test_trust_resume",
+}
+SLOW_TESTS = {
+    "test_data_prep.py::test_cli_sample_offline", "test_data_prep.py::test_cli_mds_errors_on_stderr",
+    "test_data_prep_errors.py::test_val_fraction_zero_trains_without_evaluation",
+    "test_data_prep_errors.py::test_full_or_read_only_disk_is_one_line",
+    "test_plan.py::test_measurement_matches_the_memory_a_real_fp32_forward_holds",
+    "test_plan.py::test_plan_prints_every_phase_and_writes_json",
+    "test_plan.py::test_training_md_figures_are_what_plan_prints_for_base",
+    "test_data_loader.py::test_released_streaming_memory_frees_descriptors_but_not_live_loaders",
+}
+
+
 def pytest_collection_modifyitems(config, items):
+    slow = pytest.mark.slow
+    for item in items:
+        module = item.path.stem
+        if module in SLOW_MODULES or f"{item.path.name}::{item.originalname}" in SLOW_TESTS:
+            item.add_marker(slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

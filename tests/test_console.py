@@ -62,6 +62,8 @@ def test_new_phase_bar_counts_tokens_from_zero(sample_corpus, first, tmp_path, c
                          f"load_path={first / 'ep0-ba6-rank0.pt'}",
                          "trainer.console_log_interval=1ba")) == 0
     text = "".join(capfd.readouterr())
+    assert f"c: loading weights, optimizer and schedule from {first / 'ep0-ba6-rank0.pt'}" in text
+    assert "step and token counts start at 0" in text
     first_line = next(line for line in text.splitlines() if line.startswith("step 1 |"))
     assert "/2.5k" in first_line and "tok 1" in first_line, first_line
     assert "eval at step" in text
@@ -91,3 +93,83 @@ def test_summary_shows_unigram_baseline_and_fill_mask(sample_corpus, first):
     line = next(ln for ln in summary.splitlines() if ln.strip().startswith("fill-mask"))
     assert "[MASK]" in line and "->" in line and "held-back answer" in line, line
     assert len(line.split("->")[1].split(",")) >= 3, line  # three guesses
+def at_step(step: int, tokens: int = 0):
+    """A stand-in for Composer's State: the console reads only its timestamp."""
+    from types import SimpleNamespace
+
+    from composer.core import Timestamp
+
+    return SimpleNamespace(timestamp=Timestamp(batch=step, token=tokens))
+
+
+def test_eta_follows_tokens_through_the_batch_size_warmup():
+    """The tiny recipe's warmup (8 -> 32 rows over 200k tokens): 50 steps hold 71k of 3.09M
+    token slots, so the 750 steps left take ~42x the time so far, not 15x."""
+    import time
+
+    from composer.core import TimeUnit
+
+    from flexbert.data.schedule import RowSchedule
+    from flexbert.train.callbacks.console import Console
+
+    schedule = RowSchedule(32, 128, 1, 8, 200_000)
+    console = Console(work=schedule.tokens_before)
+    console.unit, console.total = TimeUnit.BATCH, 800
+    console.start_time = time.time() - 100.0
+    eta = console.eta(at_step(50))
+    expected = 100.0 * (schedule.tokens_before(800) - schedule.tokens_before(50)) \
+        / schedule.tokens_before(50)
+    assert abs(eta - expected) < 0.02 * expected, (eta, expected)
+    steps_only = Console()
+    steps_only.unit, steps_only.total, steps_only.start_time = TimeUnit.BATCH, 800, console.start_time
+    assert eta > 2.5 * steps_only.eta(at_step(50))  # the old estimate: 750/50 x 100 s
+
+
+def test_metrics_line_shows_the_mean_loss_since_the_last_line():
+    from flexbert.train.callbacks.console import TRAIN_LOSS, Console
+
+    console = Console()
+    console.total = 10
+    for step, loss in enumerate([4.0, 6.0, 8.0], start=1):
+        console.log_metrics({TRAIN_LOSS: loss})
+        console.train_curve.append((step, loss))
+        console.line_losses.append(loss)
+    assert "loss 6.0000 (mean of 3 steps)" in console.train_line(at_step(3))
+    console.line_losses.append(5.0)
+    assert "| loss 5.0000 |" in console.train_line(at_step(4))  # one step: no "mean of"
+
+
+def test_prints_during_a_bar_start_on_their_own_line():
+    """What another part of the run prints while the bar is drawn (publish, warnings) clears the
+    bar's line first instead of running into it."""
+    from tqdm.auto import tqdm
+
+    from flexbert.train.callbacks.console import BarSafeStream
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    bar = tqdm(total=10, file=term, leave=True)
+    bar.n = 3
+    bar.refresh()
+    stream = BarSafeStream(bar, term)
+    stream.write("published runs/x")
+    assert "published" not in term.getvalue()  # held until the line is complete
+    stream.write("/model\n")
+    bar.close()
+    text = term.getvalue()
+    before = text[:text.index("published runs/x/model\n")]
+    assert "3/10" in before and before.endswith("\r"), repr(text)  # the bar's line was cleared
+
+
+def test_checkpoints_command_lists_step_tokens_and_loss(first, capsys):
+    from flexbert import cli
+
+    folder, _ = first
+    rows = {r["step"]: r for r in read_metrics(str(folder / "metrics.jsonl"))}
+    assert cli.main(["checkpoints", str(folder)]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("ep0-ba6-rank0.pt"))
+    assert f" 6 " in line and f"{rows[6]['tokens']:,}" in line and f"{rows[6]['loss']:.4f}" in line
+    assert line.endswith("(latest)") and f"{rows[6]['metrics/eval/MaskedLoss']:.4f}" in line

@@ -4,8 +4,10 @@ trains."""
 
 import gzip
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -162,23 +164,26 @@ def test_val_fraction_zero_trains_without_evaluation(capsys, tmp_path, data_toke
     assert "metrics/eval" not in metrics
 
 
-def test_stale_streaming_memory_is_removed_and_live_memory_kept():
-    from multiprocessing import shared_memory
+def test_stale_streaming_memory_is_removed_and_live_memory_kept(tmp_path):
+    """In a private folder (on the /dev/shm tmpfs when there is one), so that no other run's
+    start-up cleaning of /dev/shm races this test: a stale entry no process holds goes; an entry
+    this process has mapped, as a live run maps its Streaming shared memory, stays."""
+    import mmap
 
     from flexbert.train.checkpointing.shm_cleanup import clean_stale_streaming_memory
 
-    if not (os.path.isdir("/dev/shm") and os.path.isdir("/proc")):
-        pytest.skip("Linux /dev/shm and /proc")
-    # A killed run's entry: created by a process that exits without unlinking (as after SIGKILL).
-    code = ("from multiprocessing import shared_memory, resource_tracker as r\n"
-            "m = shared_memory.SharedMemory('987650_locals', create=True, size=64)\n"
-            "r.unregister(m._name, 'shared_memory'); m.close()\n")
-    subprocess.run([sys.executable, "-c", code], check=True)
-    live = shared_memory.SharedMemory("987651_locals", create=True, size=64)
+    if not os.path.isdir("/proc"):
+        pytest.skip("Linux /proc")
+    shm = Path(tempfile.mkdtemp(prefix="flexbert-test-shm-",
+                                dir="/dev/shm" if os.path.isdir("/dev/shm") else tmp_path))
     try:
-        removed = clean_stale_streaming_memory()
-        assert "987650_locals" in removed and not os.path.exists("/dev/shm/987650_locals")
-        assert "987651_locals" not in removed and os.path.exists("/dev/shm/987651_locals")
+        for name in ("987650_locals", "987651_locals", "987652_barrier"):
+            (shm / name).write_bytes(b"\0" * 64)
+        with open(shm / "987651_locals", "r+b") as fh, mmap.mmap(fh.fileno(), 64) as live, \
+                open(shm / "987652_barrier", "rb"):  # one mapped, one only open: both in use
+            removed = clean_stale_streaming_memory(str(shm))
+            assert removed == ["987650_locals"] and not (shm / "987650_locals").exists()
+            assert live[:1] == b"\0" and (shm / "987651_locals").exists()
+        assert (shm / "987652_barrier").exists()
     finally:
-        live.close()
-        live.unlink()
+        shutil.rmtree(shm, ignore_errors=True)

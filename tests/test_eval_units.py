@@ -184,3 +184,25 @@ def test_saved_tokenizers_give_no_token_type_ids(data_tokenizer):
     from transformers import AutoTokenizer
 
     assert list(AutoTokenizer.from_pretrained(str(data_tokenizer))("a b")) == ["input_ids", "attention_mask"]
+
+
+def test_results_of_an_earlier_run_in_the_same_folder_are_dropped(tmp_path, capsys):
+    """restart=true reuses the folder and checkpoint names: rows (and published model folders)
+    of the run before carry its run id and go, with a note; the new run's and id-less rows stay."""
+    from flexbert.evaluation.runner import RESULTS_FILE, drop_stale, read_results
+
+    run, out = tmp_path / "run", tmp_path / "run" / "eval"
+    (out / "models" / "run__ep0-ba600").mkdir(parents=True)
+    (run / "run_id").write_text("new\n")
+    rows = [{"source": "run/ep0-ba600", "path": str(run / "ep0-ba600-rank0.pt"), "run_id": "old",
+             "task": "t", "settings": "", "seed": 1},
+            {"source": "run/ep0-ba60", "path": str(run / "ep0-ba60-rank0.pt"), "run_id": "new",
+             "task": "t", "settings": "", "seed": 1},
+            {"source": "hf", "path": str(tmp_path / "hf"), "task": "t", "settings": "", "seed": 1}]
+    (out / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = drop_stale(out, read_results(out))
+    assert [r["source"] for r in kept] == ["run/ep0-ba60", "hf"] == \
+        [r["source"] for r in read_results(out)]
+    assert not (out / "models" / "run__ep0-ba600").exists()
+    assert "dropped 1 results of an earlier run in the same folder" in capsys.readouterr().out
+    assert drop_stale(out, kept) == kept and capsys.readouterr().out == ""

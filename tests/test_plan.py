@@ -116,3 +116,26 @@ def test_plan_reports_what_train_would_refuse(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 2
     assert "batch.global_train_batch_size: 32 rows do not split evenly over 3 GPUs" in out
+
+
+def test_training_md_figures_are_what_plan_prints_for_base(tmp_path, monkeypatch, capsys):
+    """docs/training.md quotes `flexbert plan configs/base.yaml --gpus 8xH100`: every figure it
+    puts in backticks there is in the command's output, so the doc cannot drift from it. The
+    plan also shows the global batch and accumulation steps, and its missing-data warning for
+    a 50k-vocabulary model does not suggest the 4096-token CPU sample."""
+    import re
+
+    from flexbert.cli import main
+
+    text = (REPO / "docs" / "training.md").read_text()
+    start = text.index("For `configs/base.yaml` on\n8xH100 the command prints")
+    quoted = [q for q in re.findall(r"`([^`]+)`", text[start:text.index("MFU.", start)])
+              if q[0].isdigit()]  # the figures; the recipe and test names are not
+    assert len(quoted) >= 10, quoted
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", str(REPO / "configs" / "base.yaml"), "--gpus", "8xH100", "--only"]) == 0
+    out = capsys.readouterr().out
+    for figure in quoted:
+        assert re.search(rf"(^|\s){re.escape(figure)}(\s|$)", out, re.M), (figure, out)
+    assert "global batch (rows, tokens)" in out and "gradient accumulation steps" in out
+    assert "data_prep mds" in out and "data_prep sample" not in out

@@ -100,3 +100,14 @@ def test_entry_point_plugin_is_listed_by_components(tmp_path, monkeypatch, capsy
 def test_bad_extension_fails_at_load_naming_the_key(sample_corpus, override, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(TINY, [f"data_dir={sample_corpus}", override])
+
+
+def test_components_shows_whole_first_sentences(capsys):
+    """A docstring whose first sentence wraps onto a second line is listed whole (wrapped), not
+    cut at the line end (`... then decay of`)."""
+    from flexbert import cli
+
+    assert cli.main(["components"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "then decay of shape `decay_shape` to `alpha_f` at max_duration." in text
+    assert "over the last `t_decay` (the whole run by default)" in text

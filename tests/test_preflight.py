@@ -44,7 +44,7 @@ def test_missing_data_dir_names_data_dir_and_the_prepare_command(capsys, tmp_pat
     rc, err = run_main(capsys, tmp_path, "data_dir=/nonexistent")
     assert rc == 2
     assert err.startswith(f"error: {TINY}: data_dir: /nonexistent does not exist")
-    assert "python -m data_prep sample --out runs/sample" in err and "data.tokenizer" not in err
+    assert "python -m data_prep sample --out /nonexistent" in err and "data.tokenizer" not in err
 
 
 def test_empty_data_dir_is_not_prepared_data(capsys, tmp_path):
@@ -53,7 +53,7 @@ def test_empty_data_dir_is_not_prepared_data(capsys, tmp_path):
     rc, err = run_main(capsys, tmp_path, f"data_dir={empty}")
     assert rc == 2
     assert f"data_dir: {empty} holds no prepared data" in err
-    assert "python -m data_prep sample --out runs/sample" in err
+    assert f"python -m data_prep sample --out {empty}" in err
 
 
 def test_tokenizer_larger_than_the_model_vocabulary(capsys, tmp_path, data_corpus):

@@ -105,14 +105,23 @@ def test_second_run_does_no_work_and_unfinished_run_resumes(finished, capsys):
     assert metric_lines(out) == before
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.pt")} == stamps
 
-    # A run without its marker (interrupted after its last checkpoint) resumes from that
-    # checkpoint: it is retried, but no step is trained again.
+    # A run without its marker (interrupted after its last checkpoint) is finished: it gets its
+    # marker and counts as finished, not trained, and the report has no wall time for it.
     victim = out / "mlp.type-glu_norm.type-rmsnorm"
     (victim / "sweep_done.json").unlink()
+    capsys.readouterr()
     result = run_sweep(load_sweep(path))
-    assert result["trained"] == [victim.name] and len(result["skipped"]) == 3
+    assert result["trained"] == [] and len(result["skipped"]) == 4
+    printed = capsys.readouterr().out
+    assert f"{victim.name}: finished (its last checkpoint is at max_duration)" in printed
+    assert "0 trained, 4 already finished" in printed and f"{victim.name}: training" not in printed
     assert metric_lines(out) == before
     assert (victim / "sweep_done.json").is_file()
+    table = [[c.strip() for c in line.strip("|").split("|")]
+             for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
+    header = next(r for r in table if "wall_s" in r)
+    row = next(r for r in table if victim.name in r)
+    assert row[header.index("wall_s")] == "-", row  # this launch did not time its training
 
 
 def test_print_commands_lists_one_launch_per_run(sample_corpus, tmp_path, capsys):
@@ -124,6 +133,10 @@ def test_print_commands_lists_one_launch_per_run(sample_corpus, tmp_path, capsys
         in lines[3]
     assert all("autoresume=true" in line for line in lines)
     assert not (tmp_path / "out").exists()  # nothing ran
+    # overrides after the flag; the command line's value replaces the file's (one per key)
+    assert cli.main(["sweep", str(path), "--print-commands", "max_duration=5ba"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert all(line.count("max_duration=") == 1 and "max_duration=5ba" in line for line in lines)
 
 
 @pytest.mark.parametrize("grid, run, key", [

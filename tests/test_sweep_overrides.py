@@ -31,7 +31,7 @@ def test_command_line_overrides_every_run_and_wins(sample_corpus, tmp_path):
                                                                    "optimizer.lr=1e-3"])
     for run in sweep.runs:
         durations = [o for o in run.overrides if o.startswith("max_duration=")]
-        assert durations == ["max_duration=20ba", "max_duration=7ba"]  # the last one wins
+        assert durations == ["max_duration=7ba"]  # the command line's replaces the file's
         assert "optimizer.lr=1e-3" in run.overrides
         assert run.overrides[-1] == "autoresume=true"
     with pytest.raises(SweepError, match="command line: save_folder is set by the sweep"):

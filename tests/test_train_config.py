@@ -83,3 +83,14 @@ def test_bad_config_fails_naming_the_key(override, match):
 def test_cli_reports_bad_key_before_building(capsys):
     assert main([str(CONFIGS / "tiny.yaml"), "optimizer.name=lamb", "data_dir=/nonexistent"]) == 2
     assert "unknown optimizer 'lamb'" in capsys.readouterr().err
+
+
+def test_help_lists_scheduler_keys_and_one_set_of_batch_warmup_keys():
+    from flexbert.train.recipe.help import keys_help
+
+    text = keys_help()
+    for key in ("scheduler.name", "scheduler.t_warmup", "scheduler.t_decay", "scheduler.alpha_f",
+                "scheduler.decay_shape", "batch.warmup_start", "batch.warmup_tokens"):
+        assert f"  {key} " in text, key
+    assert "data.batch_warmup" not in text  # the loader's internal per-device copy
+    assert "scheduler.t_decay" in text and "'0tok'  # for warmup_stable_decay" in text

@@ -78,7 +78,8 @@ def test_tiny_run_loss_falls_and_writes_hf_folder(corpus, tmp_path):
     model = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf")
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert model.config.model_type == "modernbert" and tok.mask_token == "[MASK]"
-    assert list((tmp_path / "wandb").glob("wandb/offline-run-*")), "wandb offline run missing"
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb offline run missing"
+    assert not (tmp_path / "wandb" / "wandb").exists()  # <save_folder>/wandb, as docs say
 
 
 def test_resume_is_exact_and_skips_no_batches(corpus, straight, tmp_path):

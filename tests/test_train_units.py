@@ -110,3 +110,30 @@ def test_flops_per_token_grows_with_width():
     fpt = flops_per_token(base, 1024, 0.3)
     # ~6 x 110M non-embedding-ish params; bounded loosely so a unit slip (x1000) fails.
     assert 4e8 < fpt < 2e9
+
+
+def test_not_in_state_dict_warning_is_silenced_only_for_stateless_callbacks():
+    """Phase 2 loads phase 1's checkpoint, which has no Publish callback: Composer warns
+    "Publish is not in the state_dict" (its wording, composer/core/state.py). A callback with
+    no state has nothing to restore; one with state keeps the warning."""
+    import warnings
+
+    from composer.core import Callback
+
+    from flexbert.train.builder import quiet_stateless_callbacks
+
+    class Publish(Callback):
+        pass
+
+    class Counter(Callback):
+        def state_dict(self) -> dict:
+            return {"count": 3}
+
+    callbacks = [Publish(), Counter()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_stateless_callbacks(callbacks)
+        for callback in callbacks:  # as Composer words it
+            warnings.warn(f"{type(callback).__qualname__} is not in the state_dict. Its state "
+                          "will not be restored.", UserWarning)
+    assert [str(w.message).split()[0].split(".")[-1] for w in caught] == ["Counter"]

@@ -131,3 +131,25 @@ def test_restart_clears_the_old_run(sample_corpus, run, capsys):
     assert [r["step"] for r in read_metrics(str(run / "metrics.jsonl"))] == [1, 2]
     with open(run / "metrics.jsonl") as f:
         assert len(f.readlines()) == 2  # a new file, not appended to the old one
+
+
+def test_refusals_offer_another_save_folder(sample_corpus, run, capsys):
+    """A second walk-through into a folder that holds a run: besides restart=true (which deletes
+    it), each refusal names a free save_folder that keeps it."""
+    for extra in (["max_duration=2ba"], ["max_duration=6ba"], ["max_duration=6ba", "model.num_layers=2"]):
+        assert main(args(sample_corpus, run, *extra)) == 2
+        err = capsys.readouterr().err
+        assert f"save_folder={run}-2 to keep it" in err and len(err.strip().splitlines()) == 1, err
+    assert main(args(sample_corpus, run, "max_duration=4ba")) == 0
+    assert f"save_folder={run}-2 (keeps it)" in capsys.readouterr().out
+
+
+def test_run_id_is_kept_by_a_relaunch_and_renewed_by_restart(sample_corpus, run, capsys):
+    """`flexbert eval` keys results by this id (a restarted run reuses ep0-ba2 and the name)."""
+    from flexbert.io.run_identity import read_run_id
+
+    first = read_run_id(run)
+    assert first and main(args(sample_corpus, run, "max_duration=4ba")) == 0  # finished: kept
+    assert read_run_id(run) == first
+    assert main(args(sample_corpus, run, "max_duration=2ba", "restart=true")) == 0
+    assert read_run_id(run) not in (None, first)

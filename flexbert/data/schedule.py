@@ -39,5 +39,9 @@ class RowSchedule:
         return self._rows[i] if i < len(self._rows) else self.full
 
     def tokens_before(self, step: int) -> int:
-        """Global token slots consumed by steps before `step`: what the warmup budget counts."""
-        return self._first_tokens + sum(self.rows(k) for k in range(self._first, step)) * self.step_tokens
+        """Global token slots consumed by steps before `step`: what the warmup budget counts.
+        Past the ramp every step is full, so a late step costs no walk over all earlier ones."""
+        self.rows(max(step - 1, self._first))  # extends the cached ramp up to step - 1
+        ramp = self._rows[:max(0, step - self._first)]
+        full_steps = max(0, step - self._first - len(ramp))
+        return self._first_tokens + (sum(ramp) + full_steps * self.full) * self.step_tokens

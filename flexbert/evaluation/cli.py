@@ -76,3 +76,20 @@ def eval_command(args: argparse.Namespace) -> int:
     print(f"flexbert eval: {counts['ran']} runs done, {counts['skipped']} already finished; "
           f"{', '.join(str(f) for f in files)}", flush=True)
     return 0
+
+
+def _example_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", help="folder to write banana/, ner/ and code/ into")
+    parser.add_argument("--train", type=int, default=320, help="training examples per task")
+    parser.add_argument("--dev", type=int, default=160, help="evaluation examples per task")
+
+
+@command("example-tasks", "write three small generated tasks (classification, token "
+         "classification, BEIR retrieval) to try `flexbert finetune` and `flexbert eval` offline",
+         _example_args)
+def example_tasks(args: argparse.Namespace) -> int:
+    from flexbert.evaluation.example_tasks import write_example_tasks
+
+    for folder in write_example_tasks(Path(args.out), args.train, args.dev):
+        print(f"wrote {folder}", flush=True)
+    return 0

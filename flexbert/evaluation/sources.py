@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from flexbert.config import ConfigError
+from flexbert.io.run_identity import read_run_id
 
 CHECKPOINT = re.compile(r"ep(\d+)-ba(\d+)-rank0\.pt$")
 INFO_FILE = "flexbert_checkpoint.json"
@@ -60,16 +61,28 @@ def _run_sources(run: Path) -> list[Source]:
                             "(config.json) to evaluate")
 
 
+def source_run_id(path: Path) -> Optional[str]:
+    """The id of the run a checkpoint file belongs to (its folder's run_id), else None."""
+    return read_run_id(path.parent) if path.suffix == ".pt" else None
+
+
 def prepare(source: Source, models_dir: Path, tokenizer: Optional[str] = None) -> tuple[Path, dict]:
     """(model folder, {step, tokens}) of a source; a Composer checkpoint is published once into
-    models_dir (its model card and flexbert_checkpoint.json carry the step and tokens)."""
+    models_dir (its model card and flexbert_checkpoint.json carry the step and tokens), again
+    when the folder there came from an earlier run of the same name (another run id)."""
     if source.kind == "folder":
         return source.path, read_position(source.path)
     out = models_dir / source.label.replace("/", "__")
-    if not (out / INFO_FILE).is_file():
+    run_id = source_run_id(source.path)
+    if not (out / INFO_FILE).is_file() or read_run_id(out) != run_id:
+        import shutil
+
         from flexbert.io.publish import publish_checkpoint
 
+        shutil.rmtree(out, ignore_errors=True)
         publish_checkpoint(str(source.path), str(out), tokenizer=tokenizer)
+        if run_id:
+            (out / "run_id").write_text(run_id + "\n")
     return out, read_position(out)
 
 

@@ -29,7 +29,7 @@ def fit_and_evaluate(cfg: FinetuneConfig, composer_model: Any, train_ds: Any, ev
     from composer import Evaluator, Trainer
     from composer.core import DataSpec
     from composer.loggers import InMemoryLogger
-    from composer.optim import DecoupledAdamW, LinearWithWarmupScheduler
+    from composer.optim import DecoupledAdamW, LinearScheduler, LinearWithWarmupScheduler
     from torch.utils.data import DataLoader
 
     from flexbert.runtime.device import pick_device, pick_precision
@@ -56,7 +56,10 @@ def fit_and_evaluate(cfg: FinetuneConfig, composer_model: Any, train_ds: Any, ev
                                   metric_names=list(composer_model.eval_metrics)),
         max_duration=duration, eval_interval="1ep" if not cfg.max_duration else duration,
         optimizers=optimizer,
-        schedulers=LinearWithWarmupScheduler(t_warmup=f"{cfg.warmup}dur", alpha_f=0.0),
+        # without warmup, the same linear decay from a scheduler that does not warn at every
+        # step that its warmup is 0 (Composer's LinearWithWarmupScheduler does)
+        schedulers=(LinearWithWarmupScheduler(t_warmup=f"{cfg.warmup}dur", alpha_f=0.0)
+                    if cfg.warmup else LinearScheduler(alpha_i=1.0, alpha_f=0.0, t_max="1dur")),
         device=device, precision=pick_precision(cfg.precision, device), seed=cfg.seed,
         loggers=[memory], progress_bar=cfg.progress_bar, log_to_console=False,
         save_folder=save, save_interval="1ep", save_overwrite=True,

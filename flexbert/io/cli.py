@@ -61,3 +61,5 @@ def average(args: argparse.Namespace) -> int:
     out = average_checkpoints(args.sources, args.out, args.tokenizer, args.trust)
     print(f"wrote the average of {len(args.sources)} checkpoints to {out}")
     return 0
+
+

@@ -109,6 +109,15 @@ def _combinations(spec: dict, source: Path) -> list[list[str]]:
     return [[]]
 
 
+def merge_overrides(*lists: Sequence[str]) -> list[str]:
+    """key=value lists, later ones winning: one entry per key, at its first key's place, so a
+    launch line never holds two values for a key (max_duration=300ba ... max_duration=60ba)."""
+    merged: dict[str, str] = {}
+    for item in (i for items in lists for i in items):
+        merged[item.split("=", 1)[0]] = item
+    return list(merged.values())
+
+
 def load_sweep(path: str | Path, out: Optional[str] = None, extra: Sequence[str] = ()) -> Sweep:
     """Read a sweep file and validate every combination (recipe, overrides, fine-tuning stage)
     through the same loader train.py uses; raise SweepError naming the run and the key.
@@ -141,7 +150,7 @@ def load_sweep(path: str | Path, out: Optional[str] = None, extra: Sequence[str]
         if "=" not in item:
             raise SweepError(f"command line: {item!r}: expected key=value (e.g. max_duration=20ba)")
     _check_unmanaged(extra, "command line")
-    common = [*common, *extra]
+    common = merge_overrides(common, extra)
 
     runs: list[Run] = []
     combos = _combinations(spec, source)
@@ -150,7 +159,8 @@ def load_sweep(path: str | Path, out: Optional[str] = None, extra: Sequence[str]
         if any(r.name == slug for r in runs):
             raise SweepError(f"{source}: run {i + 1} ({', '.join(own)}) repeats run {slug!r}")
         folder = out_dir / slug
-        overrides = [*common, *own, f"run_name={slug}", f"save_folder={folder}", "autoresume=true"]
+        overrides = merge_overrides(common, own, [f"run_name={slug}", f"save_folder={folder}",
+                                                  "autoresume=true"])
         runs.append(Run(i, slug, own, overrides, folder))
 
     from flexbert.train.recipe.load import load_recipe

@@ -161,6 +161,14 @@ def run_sweep(sweep: Sweep, print_fn=print) -> dict[str, Any]:
             skipped.append(run.name)
             print_fn(f"[{run.index + 1}/{len(sweep.runs)}] {run.name}: finished, skipped")
             continue
+        if checkpoint_reached_end(sweep, run):  # stopped after its last save, before the marker
+            print_fn(f"[{run.index + 1}/{len(sweep.runs)}] {run.name}: finished (its last "
+                     "checkpoint is at max_duration), exporting and marking it")
+            export_model(sweep, run)
+            # no "seconds": this launch did not time the training, so the report shows no wall_s
+            run.done_file.write_text(json.dumps({"overrides": run.overrides}, indent=2) + "\n")
+            skipped.append(run.name)
+            continue
         print_fn(f"[{run.index + 1}/{len(sweep.runs)}] {run.name}: training "
                  f"({' '.join(run.own) or 'base recipe'})")
         start = time.time()
@@ -180,6 +188,6 @@ def run_sweep(sweep: Sweep, print_fn=print) -> dict[str, Any]:
                 finetuned += 1
             finetune_run(sweep, run, task)
     rows = write_report(sweep)
-    print_fn(f"sweep {sweep.name}: {len(trained)} trained, {len(skipped)} skipped, "
+    print_fn(f"sweep {sweep.name}: {len(trained)} trained, {len(skipped)} already finished, "
              f"{finetuned} fine-tuned; report in {sweep.out}")
     return {"trained": trained, "skipped": skipped, "finetuned": finetuned, "rows": rows}

@@ -93,19 +93,33 @@ def _wandb_compat() -> None:
     by the `url` property; restore the method so the pinned Composer works with them."""
     from wandb.sdk.wandb_run import Run
 
-    if not hasattr(Run, "get_url"):
-        Run.get_url = lambda self: self.url
+    if not hasattr(Run, "get_url"):  # offline runs have no URL: asking for it prints a warning
+        Run.get_url = lambda self: None if self.offline else self.url
 
 
-def build_loggers(cfg: RecipeConfig) -> list:
+def step_work(cfg: RecipeConfig, seq_len: int):
+    """Token slots before a step, for the console's ETA when a batch-size warmup makes early
+    steps smaller; None without one (every step then costs the same)."""
+    batch = cfg.batch
+    if batch.warmup_start is None:
+        return None
+    from flexbert.data.schedule import RowSchedule
+
+    return RowSchedule(batch.global_train_batch_size, seq_len, 1, batch.warmup_start,
+                       int(batch.warmup_tokens)).tokens_before
+
+
+def build_loggers(cfg: RecipeConfig, seq_len: int = 0) -> list:
     from flexbert.train.callbacks.console import Console
 
     tcfg = cfg.trainer  # our console replaces Composer's progress bar and console logger
-    loggers: list = [Console(tcfg.console_log_interval, tcfg.log_to_console, tcfg.progress_bar)]
+    loggers: list = [Console(tcfg.console_log_interval, tcfg.log_to_console, tcfg.progress_bar,
+                             work=step_work(cfg, seq_len) if seq_len else None)]
     loggers += [m for m in [metrics_logger(cfg)] if m is not None]
     wb = cfg.loggers.wandb
     if wb.enabled:
-        folder = wb.dir or os.path.join(local_save_folder(cfg.save_folder or "."), "wandb")
+        # wandb writes into <dir>/wandb/, so <save_folder> as its dir gives <save_folder>/wandb
+        folder = wb.dir or local_save_folder(cfg.save_folder or ".")
         os.makedirs(folder, exist_ok=True)
         os.environ.setdefault("WANDB_MODE", wb.mode)
         _wandb_compat()
@@ -191,6 +205,24 @@ def build_algorithms(recipe: Recipe) -> list:
     return build_all(ALGORITHMS, recipe.cfg.algorithms, "algorithms", recipe.source)
 
 
+def quiet_stateless_callbacks(callbacks: list) -> None:
+    """A new phase loads a checkpoint whose run had no such callback (phase 1 does not publish):
+    Composer then warns "<Callback> is not in the state_dict" for each. A callback that keeps no
+    state (its state_dict is empty) has nothing to restore, so that warning is noise for it."""
+    import re
+    import warnings
+
+    for callback in callbacks:
+        try:
+            stateless = callback.state_dict() == {}
+        except Exception:  # a plugin that needs a started run to answer: leave its warning on
+            stateless = False
+        if stateless:
+            name = re.escape(type(callback).__qualname__)
+            warnings.filterwarnings("ignore", message=rf"{name} is not in the state_dict\.",
+                                    category=UserWarning)
+
+
 def build_trainer(recipe: Recipe) -> Trainer:
     """Model, data, optimizer, schedule, callbacks, loggers and checkpointing -> Trainer."""
     cfg, tcfg = recipe.cfg, recipe.cfg.trainer
@@ -208,12 +240,14 @@ def build_trainer(recipe: Recipe) -> Trainer:
     optimizer = build_optimizer(model.model, cfg.optimizer)
     keep_config = ApplyOptimizerConfig(cfg.optimizer.lr,
                                        [g["weight_decay"] for g in optimizer.param_groups])
-    loggers = build_loggers(cfg)
+    loggers = build_loggers(cfg, train_data.seq_len_and_mask_rate(recipe.data)[0])
     jsonl = next((d for d in loggers if isinstance(d, MetricsJSONL)), None)
     stop_on_nan = StopOnNonFiniteLoss(jsonl.flush if jsonl else None)  # first: before any save
     train_spec = train_data.train_dataspec(recipe)
     from flexbert.train.recipe.preflight import evaluates
 
+    callbacks = [stop_on_nan, keep_config, *build_callbacks(recipe)]
+    quiet_stateless_callbacks(callbacks)
     evaluator = Evaluator(label="eval", dataloader=train_data.eval_dataspec(recipe),
                           metric_names=list(model.eval_metrics),
                           device_eval_microbatch_size=eval_microbatch(recipe)) \
@@ -230,7 +264,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
         device_train_microbatch_size=tcfg.device_train_microbatch_size,
         accumulate_train_batch_on_tokens=True,
         algorithms=build_algorithms(recipe),
-        callbacks=[stop_on_nan, keep_config, *build_callbacks(recipe)], loggers=loggers,
+        callbacks=callbacks, loggers=loggers,
         autoresume=cfg.autoresume, load_path=cfg.load_path,
         load_weights_only=cfg.load_weights_only, load_strict_model_weights=cfg.load_strict,
         load_ignore_keys=load_ignore_keys(cfg), load_progress_bar=False,

@@ -71,6 +71,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return train(recipe)
 
 
+def starting_point(recipe, plan) -> Optional[str]:
+    """The line that says which checkpoint this launch starts from (a new phase's load_path, or
+    the run's own checkpoint under autoresume); None for a run from scratch."""
+    import os
+
+    cfg = recipe.cfg
+    if plan.resume_from is not None:
+        return f"{cfg.run_name}: autoresume from {plan.resume_from}"
+    if not cfg.load_path:
+        return None
+    real = os.path.realpath(cfg.load_path) if os.path.exists(cfg.load_path) else None
+    shown = cfg.load_path + (f" (= {os.path.basename(real)})"
+                             if real and os.path.basename(real) != os.path.basename(cfg.load_path)
+                             else "")
+    what = "weights" if cfg.load_weights_only else "weights, optimizer and schedule"
+    clocks = "; step and token counts start at 0" if cfg.reset_time else ""
+    return f"{cfg.run_name}: loading {what} from {shown}{clocks}"
+
+
+def mark_run(recipe, plan) -> None:
+    """Rank 0 writes the run's id into a local save_folder: a new one unless it resumes."""
+    from composer.utils import parse_uri
+
+    from flexbert.io.run_identity import start_run_id
+    from flexbert.train.checkpointing.launch_plan import is_rank_zero
+
+    folder = recipe.cfg.save_folder
+    if folder and not parse_uri(folder)[0] and is_rank_zero():
+        start_run_id(folder, fresh=plan.resume_from is None)
+
+
 def train(recipe) -> int:
     """Plan against save_folder, train, export; every expected failure is one line + exit code."""
     from flexbert.io.checkpoint_reader import UnreadableCheckpoint, UnsafeCheckpoint
@@ -84,6 +115,10 @@ def train(recipe) -> int:
         if plan.finished:
             finish(recipe, plan.finished)
             return 0
+        mark_run(recipe, plan)
+        line = starting_point(recipe, plan)
+        if line and is_rank_zero():
+            print(line, flush=True)
         trainer = build_trainer(recipe)
         trainer.fit()
     except (UnsafeCheckpoint, UnreadableCheckpoint, ConfigError) as err:

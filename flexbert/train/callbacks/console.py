@@ -4,6 +4,7 @@ stay off (together they duplicate every line); the full record is metrics.jsonl 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Any, Callable, Optional
@@ -42,16 +43,47 @@ def _number(value: Any) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+class BarSafeStream:
+    """Stands in for stdout/stderr while the bar is drawn: each complete line another part of the
+    run prints (publishing, warnings, logging) goes through tqdm.write, which clears the bar,
+    writes the line and redraws the bar below it, instead of running into the bar's line."""
+
+    def __init__(self, bar: Any, real: Any):
+        self.bar, self.real, self.pending = bar, real, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self.bar.write(line, file=self.real)
+        return len(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
 class Console(LoggerDestination):
     """Rank 0's view of the run; also keeps the last train/eval figures and the loss curves the
-    end-of-run summary reports (flexbert/train/callbacks/summary.py)."""
+    end-of-run summary reports (flexbert/train/callbacks/summary.py).
+
+    `work(step)` gives the token slots that the steps before `step` hold (the batch-size warmup's
+    RowSchedule.tokens_before): the ETA of a run counted in steps follows tokens, since a step at
+    the full batch costs several warmup steps. Without it every step counts the same."""
 
     def __init__(self, interval: str = "50ba", lines: bool = True, bar: bool = True,
-                 stream: Any = None):
+                 stream: Any = None, work: Optional[Callable[[int], int]] = None,
+                 bar_file: Any = None):
         super().__init__()
         self.lines = lines
         self.want_bar = bar
         self.stream = stream or sys.stdout
+        self.bar_file = bar_file
+        self.work = work
+        self.redirect = contextlib.ExitStack()
+        self.line_losses: list[float] = []  # train losses since the last metrics line
         self.due: Callable[[State, Event], bool] = create_interval_scheduler(
             interval, checkpoint_events=False, final_events={Event.BATCH_END})
         self.latest: dict[str, float] = {}
@@ -72,12 +104,21 @@ class Console(LoggerDestination):
         self.unit, self.total = end.unit, int(end.value)
         self.start = {"batch": int(state.timestamp.batch), "token": int(state.timestamp.token),
                       "position": self.position(state)}
-        if self.want_bar and dist.get_global_rank() == 0 and sys.stderr.isatty():
+        bar_file = self.bar_file or sys.stderr
+        if self.want_bar and dist.get_global_rank() == 0 and bar_file.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, initial=self.start["position"], file=sys.stderr,
+            self.bar = tqdm(total=self.total, initial=self.start["position"], file=bar_file,
                             unit=UNIT_NAMES.get(self.unit, "it"), dynamic_ncols=True,
                             unit_scale=self.unit == TimeUnit.TOKEN, leave=True)
+            self.route_prints_through_bar()
+
+    def route_prints_through_bar(self) -> None:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self.redirect.enter_context(contextlib.redirect_stdout(BarSafeStream(self.bar, sys.stdout)))
+        self.redirect.enter_context(contextlib.redirect_stderr(BarSafeStream(self.bar, sys.stderr)))
+        self.redirect.enter_context(logging_redirect_tqdm())
 
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         for key, value in metrics.items():
@@ -89,6 +130,7 @@ class Console(LoggerDestination):
         tokens = int(state.timestamp.token)
         if TRAIN_LOSS in self.latest:
             self.train_curve.append((tokens, self.latest[TRAIN_LOSS]))
+            self.line_losses.append(self.latest[TRAIN_LOSS])
         if self.bar is not None:
             self.bar.n = self.position(state)
             self.bar.refresh()
@@ -106,6 +148,13 @@ class Console(LoggerDestination):
             self.write(f"eval at step {int(state.timestamp.batch)}: {figures}")
 
     def fit_end(self, state: State, logger: Logger) -> None:
+        self.close_bar()
+
+    def close(self, state: State, logger: Logger) -> None:
+        self.close_bar()  # a run that stopped with an error: give stdout and stderr back
+
+    def close_bar(self) -> None:
+        self.redirect.close()
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -115,11 +164,15 @@ class Console(LoggerDestination):
         return int(state.timestamp.get(self.unit))
 
     def eta(self, state: State) -> Optional[float]:
-        done = self.position(state) - self.start["position"]
-        left = self.total - self.position(state)
+        """Seconds left, at the pace of the work done so far in this phase: tokens when the run
+        is counted in tokens or has a batch-size warmup, else steps."""
+        pos, start, end = self.position(state), self.start["position"], self.total
+        if self.unit == TimeUnit.BATCH and self.work is not None:
+            pos, start, end = self.work(pos), self.work(start), self.work(end)
+        done = pos - start
         if done <= 0:
             return None
-        return (time.time() - self.start_time) / done * max(0, left)
+        return (time.time() - self.start_time) / done * max(0, end - pos)
 
     def train_line(self, state: State) -> str:
         pos = self.position(state)
@@ -130,8 +183,11 @@ class Console(LoggerDestination):
             parts = [f"step {int(state.timestamp.batch)}",
                      f"{UNIT_NAMES.get(self.unit, 'it')} {human(pos)}/{human(self.total)} {pct:3.0f}%"]
         m = self.latest
-        if TRAIN_LOSS in m:
-            parts.append(f"loss {m[TRAIN_LOSS]:.4f}")
+        if self.line_losses:  # the mean since the last line: one step's loss jumps around
+            n = len(self.line_losses)
+            mean = sum(self.line_losses) / n
+            parts.append(f"loss {mean:.4f}" + (f" (mean of {n} steps)" if n > 1 else ""))
+            self.line_losses = []
         lr = next((v for k, v in sorted(m.items()) if k.startswith("lr-")), None)
         if lr is not None:
             parts.append(f"lr {lr:.2e}")

@@ -41,8 +41,14 @@ def moving_average(ys: Sequence[float]) -> list[float]:
             for i in range(len(ys))]
 
 
-def plot_losses(train: list, evals: list, out: Path, title: str) -> Optional[Path]:
-    """Train loss (raw and a moving average) and eval loss against tokens."""
+def plot_losses(train: list, evals: list, out: Path, title: str,
+                masks: Optional[tuple[float, float]] = None) -> Optional[Path]:
+    """Train loss (raw and a moving average) and eval loss against tokens. `masks` (train, eval
+    masking rates) go into the labels: eval usually masks fewer tokens than training, and its
+    easier task gives a lower loss, which reads as nothing when the rates are not shown."""
+    train_label, eval_label = ((f"train ({round(100 * masks[0])}% masked, moving average)",
+                                f"eval ({round(100 * masks[1])}% masked)") if masks else
+                               ("train (moving average)", "eval"))
     if not train and not evals:
         return None
     import matplotlib
@@ -54,10 +60,10 @@ def plot_losses(train: list, evals: list, out: Path, title: str) -> Optional[Pat
     if train:
         xs, ys = zip(*train)
         ax.plot(xs, ys, color="tab:blue", alpha=0.25, linewidth=0.8)
-        ax.plot(xs, moving_average(ys), color="tab:blue", label="train (moving average)")
+        ax.plot(xs, moving_average(ys), color="tab:blue", label=train_label)
     if evals:
         xs, ys = zip(*evals)
-        ax.plot(xs, ys, color="tab:orange", marker="o", markersize=4, label="eval")
+        ax.plot(xs, ys, color="tab:orange", marker="o", markersize=4, label=eval_label)
     ax.set(title=f"{title}: MLM loss", xlabel="tokens", ylabel="masked-token loss")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -115,7 +121,8 @@ def finish(recipe: Any, trainer: Any, hf_folder: Optional[Path]) -> None:
     plot = None
     if folder is not None:
         try:
-            plot = plot_losses(*curves(console, metrics), folder / PLOT_NAME, cfg.run_name)
+            masks = (recipe.data.mlm_probability, recipe.data.eval_mlm_probability)
+            plot = plot_losses(*curves(console, metrics), folder / PLOT_NAME, cfg.run_name, masks)
         except (OSError, ValueError) as err:  # a summary must not fail a finished run
             log.warning("could not write %s: %s", folder / PLOT_NAME, err)
     checkpoint = latest_checkpoint(folder) if folder else None

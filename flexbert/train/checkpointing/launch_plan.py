@@ -138,29 +138,44 @@ def plan_run(recipe: Recipe) -> Plan:
     return Plan()
 
 
+def free_folder(folder: str) -> str:
+    """A sibling of `folder` that does not exist yet: the save_folder= a message can offer, so
+    that a second run never has to delete the first to start."""
+    n = 2
+    while os.path.exists(f"{folder.rstrip('/')}-{n}"):
+        n += 1
+    return f"{folder.rstrip('/')}-{n}"
+
+
 def _plan_existing(recipe: Recipe, folder: str) -> Optional[Plan]:
     cfg = recipe.cfg
+    other = f"save_folder={free_folder(folder)} to keep it and train a separate run"
     chosen, state, skipped = newest_loadable(folder, cfg.trust_checkpoint)
     if chosen is None:
         if skipped:
             raise ConfigError(f"{folder}: save_folder holds checkpoints but none loads "
-                              f"({'; '.join(skipped)}); set restart=true to start over")
+                              f"({'; '.join(skipped)}); set restart=true to start over, or {other}")
         return None
-    check_fits(str(chosen), state, recipe, "autoresume" if cfg.autoresume else "save_folder",
-               new_phase=False)
+    try:
+        check_fits(str(chosen), state, recipe, "autoresume" if cfg.autoresume else "save_folder",
+                   new_phase=False)
+    except ConfigError as err:
+        if cfg.autoresume:
+            raise
+        raise type(err)(f"{err}; or set {other}") from None
     if skipped and is_rank_zero():
         print(f"autoresume: skipped {'; '.join(skipped)}; using {chosen.name}", flush=True)
     done, wanted, unit = progress(state, cfg.max_duration)
     if wanted >= 0 and done > wanted and unit in ("batch", "epoch"):
         raise ConfigError(f"{folder}: save_folder holds a run trained to {unit} {done}, past "
                           f"max_duration={cfg.max_duration}; set restart=true to train again "
-                          "from the start, or choose another save_folder")
+                          f"from the start (deletes it), or {other}")
     if wanted >= 0 and done >= wanted:
         return Plan(finished=chosen)
     if not cfg.autoresume:
         raise ConfigError(f"{folder}: save_folder holds an unfinished run ({unit} {done} of "
                           f"max_duration={cfg.max_duration}); set autoresume=true to continue "
-                          "it, or restart=true to start over")
+                          f"it, restart=true to start over (deletes it), or {other}")
     repoint_latest(folder, chosen)
     return Plan(resume_from=chosen)
 
@@ -180,8 +195,9 @@ def finish(recipe: Recipe, checkpoint: Path) -> Optional[Path]:
         print(f"{cfg.run_name}: already finished ({checkpoint.name} reached max_duration="
               f"{cfg.max_duration}); checkpoints and metrics in {checkpoint.parent}"
               + (f", Hugging Face folder {out}" if out else "")
-              + ". To train again from the start set restart=true; to train longer raise "
-              "max_duration with autoresume=true.", flush=True)
+              + ". To train again from the start set restart=true (deletes it) or "
+              f"save_folder={free_folder(str(checkpoint.parent))} (keeps it); to train longer "
+              "raise max_duration with autoresume=true.", flush=True)
     return out
 
 

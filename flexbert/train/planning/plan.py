@@ -67,6 +67,8 @@ class PhasePlan:
     optimizer_state_bytes: int = 0    # the optimizer's share of state_bytes (one GPU)
     seq_len: int = 0
     microbatch_rows: Optional[int] = None
+    global_batch_rows: int = 0        # all GPUs, one optimizer step (after the batch-size warmup)
+    accumulation_steps: int = 1       # microbatches per GPU per step: rows / GPU over microbatch
     activation_bytes: int = 0         # one microbatch, no checkpointing
     activation_bytes_checkpointed: int = 0
     flops_per_token: float = 0.0
@@ -153,6 +155,8 @@ def phase_figures(plan: PhasePlan, recipe: Any, gpus: GpuSpec, mfu: float) -> No
     rows_per_gpu = max(1, cfg.batch.global_train_batch_size // gpus.count)
     micro = cfg.trainer.device_train_microbatch_size
     plan.microbatch_rows = micro if isinstance(micro, int) else None
+    plan.global_batch_rows = cfg.batch.global_train_batch_size
+    plan.accumulation_steps = -(-rows_per_gpu // plan.microbatch_rows) if plan.microbatch_rows else 1
     one = activation_bytes(recipe.model, 1, plan.seq_len, data.mlm_probability)
     measured = activation_bytes(recipe.model, plan.microbatch_rows, plan.seq_len,
                                 data.mlm_probability) if plan.microbatch_rows else one
@@ -263,7 +267,10 @@ ROWS = (
     ("weights+grads+optimizer / GPU", lambda p: _size(p.state_bytes)),
     ("  of which optimizer state", lambda p: _size(p.optimizer_state_bytes)),
     ("sequence length", lambda p: str(p.seq_len)),
+    ("global batch (rows, tokens)", lambda p: f"{p.global_batch_rows:,} x {p.seq_len} = "
+                                              f"{_count(p.global_batch_rows * p.seq_len)}"),
     ("microbatch (rows / GPU)", lambda p: str(p.microbatch_rows or "whole batch")),
+    ("gradient accumulation steps", lambda p: str(p.accumulation_steps)),
     ("activations / microbatch", lambda p: _size(p.activation_bytes)),
     ("  with activation checkpointing", lambda p: _size(p.activation_bytes_checkpointed)),
     ("largest microbatch that fits", lambda p: str(p.max_microbatch)),

@@ -22,7 +22,12 @@ EXTRA = [  # keys read before the schema applies
     ("data.streams.NAME", "mapping", "-", "one source: local, remote, split, proportion, repeat, "
      "choose (docs/data.md)"),
 ]
-HIDDEN = {"callbacks.registered"}  # filled from callbacks.NAME by the loader
+# callbacks.registered: filled from callbacks.NAME by the loader. data.batch_warmup_*: the data
+# loader's per-device form of batch.warmup_start / batch.warmup_tokens, filled in from those
+# (setting them is refused), so the help shows only the batch.* pair. scheduler: a mapping whose
+# keys depend on scheduler.name; listed by scheduler_keys() instead.
+HIDDEN = {"callbacks.registered", "data.batch_warmup_min_rows", "data.batch_warmup_tokens",
+          "scheduler"}
 
 
 def _comments(cls: type) -> dict[str, str]:
@@ -77,11 +82,37 @@ def walk(cls: type, prefix: str = "") -> Iterator[tuple[str, str, str, str]]:
             yield key, str(f.type).replace("typing.", ""), _default(f), comments.get(f.name, "")
 
 
+DEFAULT_SCHEDULER = "warmup_stable_decay"  # RecipeConfig.scheduler's default
+
+
+def scheduler_keys() -> list[tuple[str, str, str, str]]:
+    """scheduler.name and every argument of the registered schedulers, with the schedulers that
+    take it; the default shown is the default scheduler's (others may differ)."""
+    import flexbert.train.schedules  # noqa: F401  (registers the schedulers)
+    from flexbert.registry import ALL
+
+    registry = ALL["scheduler"]
+    takers: dict[str, list[str]] = {}
+    first: dict[str, inspect.Parameter] = {}
+    default_first = sorted(registry.names(), key=lambda n: n != DEFAULT_SCHEDULER)
+    for name in default_first:
+        for param in list(inspect.signature(registry.get(name, "scheduler.name")).parameters.values()):
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                takers.setdefault(param.name, []).append(name)
+                first.setdefault(param.name, param)
+    rows = [("scheduler.name", "str", repr(DEFAULT_SCHEDULER), f"one of {', '.join(registry.names())}")]
+    for key, param in first.items():
+        kind = getattr(param.annotation, "__name__", str(param.annotation)).replace("typing.", "")
+        default = "required" if param.default is param.empty else repr(param.default)
+        rows.append((f"scheduler.{key}", kind, default, f"for {', '.join(takers[key])}"))
+    return rows
+
+
 def recipe_keys() -> list[tuple[str, str, str, str]]:
     from flexbert.train.recipe.schema import RecipeConfig
 
     rows = [row for row in walk(RecipeConfig) if row[0] not in HIDDEN]
-    return sorted([*rows, *EXTRA], key=lambda row: row[0])
+    return sorted([*rows, *EXTRA, *scheduler_keys()], key=lambda row: row[0])
 
 
 def keys_help() -> str:

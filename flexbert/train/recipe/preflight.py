@@ -19,6 +19,17 @@ from flexbert.config import ConfigError
 PRECISIONS = ("fp32", "amp_fp16", "amp_bf16", "amp_fp8")
 PREPARE_HINT = ("prepare data first: `python -m data_prep sample --out runs/sample` (the CPU "
                 "sample) or `python -m data_prep mds SOURCES --tokenizer T --out DIR`")
+SAMPLE_VOCAB = 4096  # data_prep sample's tokenizer: only a model this small can train on it
+
+
+def prepare_hint(recipe: Any, local: str) -> str:
+    """What to run: the CPU sample only for a model its 4096-token tokenizer fits (tiny);
+    a base or large recipe needs a corpus prepared with its own tokenizer."""
+    if recipe.model.vocab_size <= SAMPLE_VOCAB:
+        return (f"prepare data first: `python -m data_prep sample --out {local}` (the CPU sample) "
+                f"or `python -m data_prep mds SOURCES --tokenizer T --out {local}`")
+    return (f"prepare data first: `python -m data_prep mds SOURCES --tokenizer T --out {local}` "
+            f"(a {recipe.model.vocab_size}-token model: the 4096-token CPU sample does not fit it)")
 
 
 def _fail(source: str, key: str, message: str) -> None:
@@ -126,10 +137,10 @@ def check_data_dirs(recipe: Any) -> None:
     for key, local in stream_dirs(recipe):
         path = Path(local)
         if not path.exists():
-            _fail(recipe.source, key, f"{local} does not exist; {PREPARE_HINT}")
+            _fail(recipe.source, key, f"{local} does not exist; {prepare_hint(recipe, local)}")
         if not _split_samples(path, "train"):
             _fail(recipe.source, key, f"{local} holds no prepared data ({path / 'train' / 'index.json'} "
-                  f"missing or empty); {PREPARE_HINT}")
+                  f"missing or empty); {prepare_hint(recipe, local)}")
 
 
 def has_val_split(recipe: Any) -> bool:

@@ -88,7 +88,7 @@ class WandbConfig:
     project: str = "flexbert"
     entity: Optional[str] = None
     mode: str = "offline"                   # offline needs no key and no network
-    dir: Optional[str] = None               # default: <save_folder>/wandb (local folders)
+    dir: Optional[str] = None               # runs land in <dir>/wandb; default dir: <save_folder>
     tags: list[str] = field(default_factory=list)
 
 
