@@ -118,8 +118,7 @@ def _load_plugins() -> None:
     """Import modules that register further subcommands (training, publishing, sweeps)."""
     import importlib
 
-    for module in ("flexbert.io.cli", "flexbert.sweep", "flexbert.finetune",
-                   "flexbert.train.planning.plan", "flexbert.interop.modernbert", "flexbert.evaluation"):
+    for module in ROOMS_WITH_COMMANDS:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:
