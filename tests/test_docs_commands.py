@@ -26,8 +26,10 @@ DOCUMENTS = ["README.md", *sorted(f"docs/{p.name}" for p in (REPO / "docs").glob
 
 # (regex searched in the command, reason): the command is not run.
 SKIP = [
-    (r"^pip |^python -m venv|^\. /tmp/", "installs packages (network); the test runs in the "
-     "environment it was installed into"),
+    (r"^pip |^python -m venv|^\. /tmp/|^\. \.venv|^source \.venv", "installs packages "
+     "(network) or enters the venv made for them; the test runs in the environment it was "
+     "installed into"),
+    (r"requirements/lock\.sh", "rewrites the lock files (asks the package index)"),
     (r"(^|\s)(python -m )?pytest ", "runs test files: the suite itself, minutes each (and this "
      "test would run itself)"),
     (r"train\.py\s+configs/(?!tiny)", "a GPU-sized recipe (base/large phases): hours on GPUs"),

@@ -61,6 +61,8 @@ def test_kernels_refuse_probability_dropout_they_cannot_do_and_accept_output_dro
     spec = KERNELS.get(kernel)
     padding = "unpadded" if "unpadded" in spec.layouts else "padded"
     base = {"attention.kernel": kernel, "padding": padding}
+    if not spec.supports_window:  # e.g. varlen_attn on a torch without its window_size
+        base["attention.local_window"] = 0
     cfg = tiny_config(**base, **{"attention.out_dropout": 0.1})
     assert cfg.attention.out_dropout == 0.1
     if spec.supports_dropout:
