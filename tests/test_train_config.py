@@ -57,7 +57,8 @@ def test_model_preset_is_overridden_by_recipe_keys():
 
 
 def test_data_dir_becomes_the_stream():
-    recipe = load_recipe(CONFIGS / "tiny.yaml", ["data_dir=/corpus"])
+    recipe = load_recipe(CONFIGS / "tiny.yaml", ["data_dir=/corpus", "batch.warmup_start=8",
+                                                  "batch.warmup_tokens=200000"])
     assert [s.local for s in recipe.data.streams.values()] == ["/corpus"]
     assert recipe.data.batch_warmup_min_rows == 8 and recipe.data.batch_warmup_tokens == 200000
 
@@ -73,11 +74,11 @@ def test_data_dir_becomes_the_stream():
     ("scheduler.t_warmup=3B", "t_warmup"),
     ("max_duration=10steps", "max_duration"),
     ("model.attention.num_heads=5", "model.attention.num_heads"),
-    ("batch.global_train_batch_size=4", "batch.warmup_start"),
+    ("batch.global_train_batch_size=4 batch.warmup_start=8", "batch.warmup_start"),
 ])
 def test_bad_config_fails_naming_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
-        load_recipe(CONFIGS / "tiny.yaml", [override])
+        load_recipe(CONFIGS / "tiny.yaml", override.split())
 
 
 def test_cli_reports_bad_key_before_building(capsys):
