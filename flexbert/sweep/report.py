@@ -99,7 +99,7 @@ def write_report(sweep: Sweep) -> list[dict[str, Any]]:
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for s in summaries:
         cells = [f"{s[k]:.1f}" if k.endswith("_s") and isinstance(s.get(k), float)
-                 else _fmt(s.get(k, "")) for k in columns]
+                 and not math.isnan(s[k]) else _fmt(s.get(k, "")) for k in columns]
         if s is best:
             cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")
