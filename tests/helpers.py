@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,3 +45,25 @@ def copy_model(cls, src: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     model = cls(cfg)
     model.load_state_dict(src.state_dict())
     return model
+
+
+class Evil:
+    """A pickle payload that only touches a marker file: the trust tests' hostile object."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+TINY_RECIPE = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+
+
+def short_run(corpus: Path, folder: Path, *extra: str) -> list[str]:
+    """train.py arguments for a 8-row fp32 tiny run that saves every 2 steps (extra ones win)."""
+    return [TINY_RECIPE, f"data_dir={corpus}", f"save_folder={folder}", "run_name=t",
+            "batch.global_train_batch_size=8", "batch.global_eval_batch_size=8",
+            "batch.warmup_start=null", "trainer.device_train_microbatch_size=8",
+            "eval_interval=1000ba", "trainer.eval_subset_num_batches=1", "trainer.precision=fp32",
+            "trainer.progress_bar=false", "save_interval=2ba", *extra]

@@ -4,7 +4,6 @@ traceback; import-modernbert's outputs and the recipe defaults build."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 
 from flexbert.cli import main as cli
 from flexbert.train.main import main
+from tests.helpers import Evil
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -21,14 +21,6 @@ def one_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     return err[0]
-
-
-class Evil:
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_override_yaml_syntax_error_names_the_override(sample_corpus, tmp_path, capsys):

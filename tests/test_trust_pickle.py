@@ -4,7 +4,6 @@ exit 2 naming the file, and the marker never appears. A real checkpoint still lo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,10 @@ from flexbert.io.checkpoint_reader import (UnreadableCheckpoint, UnsafeCheckpoin
                                         load_checkpoint_state, read_source)
 from flexbert.cli import main as cli
 from flexbert.train.main import main
+from tests.helpers import Evil
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
-
-
-class Evil:
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture

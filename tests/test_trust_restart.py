@@ -10,17 +10,14 @@ from pathlib import Path
 
 from flexbert.runtime.metrics_file import read_metrics
 from flexbert.train.main import main
+from tests.helpers import short_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
 
 
 def args(corpus: Path, folder: Path, *extra: str) -> list[str]:
-    return [TINY, f"data_dir={corpus}", f"save_folder={folder}", "run_name=t",
-            "batch.global_train_batch_size=8", "batch.global_eval_batch_size=8",
-            "batch.warmup_start=null", "trainer.device_train_microbatch_size=8",
-            "eval_interval=1000ba", "trainer.eval_subset_num_batches=1", "trainer.precision=fp32",
-            "trainer.progress_bar=false", "save_interval=2ba", "max_duration=2ba", *extra]
+    return short_run(corpus, folder, "max_duration=2ba", *extra)
 
 
 def test_contained_never_leaves_the_folder(tmp_path):

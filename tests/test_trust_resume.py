@@ -14,17 +14,14 @@ import pytest
 
 from flexbert.runtime.metrics_file import read_metrics
 from flexbert.train.main import main
+from tests.helpers import short_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
 
 
 def args(corpus: Path, folder: Path, *extra: str) -> list[str]:
-    return [TINY, f"data_dir={corpus}", f"save_folder={folder}", "run_name=t",
-            "batch.global_train_batch_size=8", "batch.global_eval_batch_size=8",
-            "batch.warmup_start=null", "trainer.device_train_microbatch_size=8",
-            "eval_interval=1000ba", "trainer.eval_subset_num_batches=1", "trainer.precision=fp32",
-            "export.hf_folder=null", "trainer.progress_bar=false", "save_interval=2ba", *extra]
+    return short_run(corpus, folder, "export.hf_folder=null", *extra)
 
 
 @pytest.fixture(scope="module")

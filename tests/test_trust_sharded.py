@@ -8,7 +8,6 @@ loaders themselves are guarded too (`guard_composer_loads`)."""
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -20,17 +19,10 @@ from flexbert.io.checkpoint_reader import (Stub, UnsafeCheckpoint, guard_compose
                                         load_checkpoint_state)
 from flexbert.cli import main as cli
 from flexbert.train.main import main
+from tests.helpers import Evil
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
-
-
-class Evil:
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 class Foreign:

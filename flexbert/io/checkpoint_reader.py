@@ -40,12 +40,12 @@ FLEXBERT_CONFIG, FLEXBERT_WEIGHTS = "flexbert.yaml", "model.safetensors"
 def guard_composer_loads(trust: bool = False) -> None:
     """Make Composer's own loads (`load_path`, autoresume) go through the safe readers.
 
-    Composer 0.32 reads monolithic checkpoints with `torch.load(weights_only=False)` in
+    Composer 0.32 reads monolithic checkpoints with a full `torch.load` (weights-only off) in
     `composer.utils.checkpoint._torch_load_with_validation`, after downloading them; replacing
     that one function covers local and object-store files alike. Sharded folders go through
     torch.distributed.checkpoint instead: `FileSystemReader.read_metadata` unpickles `.metadata`
     with plain `pickle` and `DefaultLoadPlanner.load_bytes` each byte item with
-    `weights_only=False`; both are replaced (see `guard_sharded_loads`). `flexbert.train.checkpointing.provenance`
+    a full `torch.load` (weights-only off); both are replaced (see `guard_sharded_loads`). `flexbert.train.checkpointing.provenance`
     also checks `load_path` and autoresume beforehand, so a refusal comes before any build."""
     from composer.utils import checkpoint as composer_checkpoint
 

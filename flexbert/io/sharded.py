@@ -7,7 +7,7 @@ with an Unpickler that admits only the checkpoint metadata classes and plain typ
 read with `torch.load(weights_only=True)`. Chunks are stitched into full tensors.
 
 `check_sharded_folder` is the gate in front of Composer and torch.distributed.checkpoint, which
-unpickle `.metadata` with plain `pickle` and byte items with `weights_only=False`: every byte item
+unpickle `.metadata` with plain `pickle` and byte items with a full `torch.load` (weights-only off): every byte item
 must load safely (with the trust opt-in: foreign classes as inert stubs), or the folder is refused
 naming the item, before either library opens it. `.metadata` is never trusted: a genuine one
 names only the classes below.
