@@ -11,7 +11,8 @@ when its real-token count first reaches each FlexBERT checkpoint's, so the curve
 tokens. Two corpora: `data_prep sample` (Python stdlib source) and English prose made offline from
 Python's pydoc topics and the installed packages' descriptions. The unigram baselines sit beside.
 
-Usage: python bench/quality.py [--quick] [--seeds 3] [--steps 400] [--every 100] [--factors]
+Usage: python bench/quality.py [--quick] [--seeds 3] [--steps 600] [--every 100]
+       [--factors all|0,1,...] [--factor-seeds 2] [--factor-steps 400]
        [--corpora sample,prose] [--jobs 2] [--save | --out DIR]
        python bench/quality.py --quick --flex-overrides optimizer.name=stable_adamw   (one variant)
 Runs are cached under --work (default runs/bench_quality) by their settings, so a rerun only
@@ -43,28 +44,26 @@ CONFIG = "configs/tiny.yaml"
 EVAL_SEEDS = (0, 1, 2, 3)
 EVAL_ROWS = 32
 
-# Single-factor runs: each changes one thing against the shipped configs/tiny.yaml.
+# Single-factor runs: each changes one thing against the shipped configs/tiny.yaml (optimi AdamW,
+# pieces in random order from a 128-batch buffer, no batch-size warmup, no gradient clipping).
 FACTORS = {
-    "optimizer.name=decoupled_adamw (Composer)": ["optimizer.name=decoupled_adamw"],
-    "optimizer.name=optimi_adamw (StableAdamW minus update clipping)": ["optimizer.name=optimi_adamw"],
-    "batch.warmup_start=null (no batch-size warmup)": ["batch.warmup_start=null"],
-    "trainer.grad_clip_norm=0 (no gradient clipping)": ["trainer.grad_clip_norm=0"],
-    "optimizer.lr=4e-3": ["optimizer.lr=4.0e-3"],
+    "optimizer.name=stable_adamw (the recipe's per-tensor update clipping)":
+        ["optimizer.name=stable_adamw"],
+    "packing as base/large: longest piece first, 2-batch buffer":
+        ["data.pack_order=longest", "data.pack_buffer_factor=2"],
+    "batch-size warmup 8 -> 32 rows over 200k tokens": ["batch.warmup_start=8",
+                                                        "batch.warmup_tokens=200000"],
+    "trainer.grad_clip_norm=1.0": ["trainer.grad_clip_norm=1.0"],
     "optimizer.name=torch_adamw (wd scaled by LR)": ["optimizer.name=torch_adamw"],
-    "no batch-size warmup, no gradient clipping": ["batch.warmup_start=null",
-                                                   "trainer.grad_clip_norm=0"],
-    "no batch-size warmup, no gradient clipping, optimi_adamw": [
-        "batch.warmup_start=null", "trainer.grad_clip_norm=0", "optimizer.name=optimi_adamw"],
     "scheduler.t_warmup=0tok (no LR warmup)": ["scheduler.t_warmup=0tok"],
-    "optimizer.weight_decay=0": ["optimizer.weight_decay=0"],
+    "decay norms and biases, not embeddings": ["optimizer.decay_norms_and_biases=true",
+                                               "optimizer.decay_embeddings=false"],
     "model.init.type=normal (no depth scaling)": ["model.init.type=normal"],
     "data.mlm_probability=0.15": ["data.mlm_probability=0.15"],
     "masking 100% [MASK] (no 10/10)": ["data.mask_replace_fraction=1.0",
                                        "data.random_replace_fraction=0.0"],
     "model.sparse_prediction=false": ["model.sparse_prediction=false"],
-    "decay norms and biases, not embeddings": ["optimizer.decay_norms_and_biases=true",
-                                               "optimizer.decay_embeddings=false"],
-    "model.attention.out_dropout=0.1": ["model.attention.out_dropout=0.1"],
+    "model.attention.out_dropout=0.1 (base's)": ["model.attention.out_dropout=0.1"],
 }
 
 
@@ -243,11 +242,11 @@ def flex_run(data_dir: Path, seed: int, overrides: list[str], steps: int, every:
     args = [f"data_dir={data_dir}", f"seed={seed}", f"data.seed={seed}", f"run_name=q{seed}",
             f"save_folder={folder}", f"max_duration={steps}ba", f"save_interval={every}ba",
             "save_num_checkpoints_to_keep=-1", f"eval_interval={steps}ba",
+            f"data.cache_dir={folder}/shards",  # own shard cache: parallel runs share no shm names
             "trainer.progress_bar=false", "restart=true", *overrides]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     started = time.time()
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), str(ROOT / CONFIG), *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = run_train(args, env)
     if proc.returncode != 0:
         raise RuntimeError(f"train.py {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     wall = time.time() - started
@@ -261,6 +260,18 @@ def flex_run(data_dir: Path, seed: int, overrides: list[str], steps: int, every:
         load_weights(model, model_state(state), path)
         points.append({"step": info["step"], "tokens": info["tokens"], "model": model})
     return points, wall
+
+
+def run_train(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """`python train.py CONFIG args`. Two runs starting together can pick the same Streaming
+    shared-memory name (its get_shm_prefix scans, then creates): such a run starts again."""
+    for attempt in range(3):
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), str(ROOT / CONFIG), *args],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        if proc.returncode == 0 or "FileExistsError" not in proc.stderr:
+            return proc
+        time.sleep(5 + 10 * attempt)
+    return proc
 
 
 # --- the plain loop -------------------------------------------------------------------------------
@@ -473,11 +484,17 @@ def markdown(payload: dict) -> str:
                  f"{r['flex_acc']:.3f}", f"{r['plain_acc']:.3f}"] for r in res["curve"]]
         lines += [C.table(["tokens", "FlexBERT loss", "plain loss", "diff (worst)",
                            "FlexBERT acc", "plain acc"], rows), ""]
+        v = res["verdict"]
+        lines += [f"Largest mean difference {v['worst_mean_diff']:+.3f} (standard error over "
+                  f"seeds {v['standard_error']:.3f}) at {v['worst_tokens']:,} tokens: "
+                  f"{'within' if v['met'] else 'NOT within'} +{v['margin']} of the plain loop "
+                  "at every measured token count.", ""]
     if payload.get("factors"):
         f = payload["factors"]
         lines += [f"**Single factors** ({f['corpus']}, each a change to the recipe above, seeds "
-                  f"{f['seeds']}; eval loss at {f['tokens']:,} tokens; noise: sd over seeds of "
-                  f"the recipe above, {f['noise']:.3f})", ""]
+                  f"{f['seeds']}; eval loss at {f['tokens']:,} tokens; vs recipe: mean over those "
+                  f"seeds of (variant - recipe on the same seed); noise: sd over seeds of the "
+                  f"recipe itself there, {f['noise']:.3f})", ""]
         rows = [[name, f"{r['loss']:.3f}", f"{r['diff']:+.3f}", r["n"]]
                 for name, r in f["rows"].items()]
         lines += [C.table(["change", "eval loss", "vs recipe", "seeds"], rows)]
@@ -536,12 +553,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--every", type=int, default=100)
     p.add_argument("--grid", type=int, default=100_000, help="plain loop eval every N tokens")
     p.add_argument("--corpora", default="sample,prose")
     p.add_argument("--factors", default="", help="comma-separated indices into FACTORS, or all")
-    p.add_argument("--factor-seeds", type=int, default=1)
+    p.add_argument("--factor-seeds", type=int, default=2)
+    p.add_argument("--factor-steps", type=int, default=400)
     p.add_argument("--flex-overrides", nargs="*", default=[], help="key=value for both sides")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_quality"))
@@ -561,7 +579,7 @@ def main() -> None:
     jobs += [("plain", n, d, s, over, max_tokens, args.grid, work)
              for n, d in corpora.items() for s in seeds]
     first = next(iter(corpora))  # the single-factor runs use the first corpus
-    jobs += [("flex", first, corpora[first], s, over + FACTORS[f], args.steps, args.every,
+    jobs += [("flex", first, corpora[first], s, over + FACTORS[f], args.factor_steps, args.every,
               work) for f in factors for s in seeds[:args.factor_seeds]]
     started = time.time()
     results = run_jobs(jobs, args.jobs)
@@ -574,8 +592,9 @@ def main() -> None:
     for name, d in corpora.items():
         flex = [r for r in results[:main_n] if r["side"] == "flex" and r["corpus"] == name]
         plain = [r for r in results[:main_n] if r["side"] == "plain" and r["corpus"] == name]
-        payload["corpora"][name] = {"baselines": baselines(d), "curve": curve_table(flex, plain),
-                                    "flex": flex, "plain": plain}
+        curve = curve_table(flex, plain)
+        payload["corpora"][name] = {"baselines": baselines(d), "curve": curve,
+                                    "verdict": verdict(curve), "flex": flex, "plain": plain}
     if factors:
         payload["factors"] = factor_table(results[:main_n], results[main_n:], over, first)
     payload["wall_s"] = round(time.time() - started, 1)
@@ -587,24 +606,37 @@ def main() -> None:
 
 
 def factor_table(main: list[dict], factor_cells: list[dict], over: list[str], corpus: str) -> dict:
-    """Eval loss per variant on the sample corpus at the largest token count every run reached
-    (mean over its seeds); noise: the sd over seeds of the unchanged recipe there."""
-    flex = [c for c in main if c["side"] == "flex" and c["corpus"] == corpus]
+    """Eval loss per variant at the largest token count every run reached, and its difference
+    from the unchanged recipe on the same seeds (same initial weights and data order, so the
+    seed-to-seed spread, given as noise, mostly cancels)."""
+    flex = {c["seed"]: c for c in main if c["side"] == "flex" and c["corpus"] == corpus}
     plain = [c for c in main if c["side"] == "plain" and c["corpus"] == corpus]
-    tokens = min(c["points"][-1]["tokens"] for c in flex + factor_cells)
-    base, sd = mean_sd([loss_at(c["points"], tokens) for c in flex])
+    tokens = min(c["points"][-1]["tokens"] for c in list(flex.values()) + factor_cells)
+    base, sd = mean_sd([loss_at(c["points"], tokens) for c in flex.values()])
     rows = {"recipe as run (" + (" ".join(over) or "configs/tiny.yaml") + ")":
             {"loss": base, "diff": 0.0, "n": len(flex)}}
     pl = mean_sd([loss_at(c["points"], tokens) for c in plain])[0]
     rows["plain loop (reference)"] = {"loss": pl, "diff": pl - base, "n": len(plain)}
     for name, overrides in FACTORS.items():
-        losses = [loss_at(c["points"], tokens) for c in factor_cells
-                  if c["overrides"] == over + overrides]
-        if losses:
-            rows[name] = {"loss": statistics.mean(losses),
-                          "diff": statistics.mean(losses) - base, "n": len(losses)}
+        cells = [c for c in factor_cells if c["overrides"] == over + overrides]
+        if cells:
+            losses = [loss_at(c["points"], tokens) for c in cells]
+            diffs = [x - loss_at(flex[c["seed"]]["points"], tokens) for x, c in zip(losses, cells)]
+            rows[name] = {"loss": statistics.mean(losses), "diff": statistics.mean(diffs),
+                          "n": len(cells)}
     return {"corpus": corpus, "seeds": sorted({c["seed"] for c in factor_cells}),
             "tokens": round(tokens), "noise": sd, "rows": rows}
+
+
+def verdict(curve: list[dict], margin: float = 0.05) -> dict:
+    """The acceptance: FlexBERT's mean loss at most `margin` above the plain loop's at every
+    measured token count."""
+    worst = max(curve, key=lambda r: statistics.mean(r["diff"]))
+    gap, n = statistics.mean(worst["diff"]), len(worst["diff"])
+    # noise: the standard error of that mean over seeds (each seed its own init and data order)
+    se = statistics.stdev(worst["diff"]) / math.sqrt(n) if n > 1 else float("nan")
+    return {"worst_tokens": worst["tokens"], "worst_mean_diff": gap, "standard_error": se,
+            "margin": margin, "met": gap <= margin}
 
 
 if __name__ == "__main__":

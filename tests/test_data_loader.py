@@ -94,6 +94,20 @@ def test_resume_is_exact_and_reads_nothing_consumed(data_corpus, workers):
     assert _same(_take(resumed, 1), _take(first, 6)[5:])  # both keep going in step
 
 
+def test_random_order_resumes_exactly(data_corpus):
+    """pack_order=random draws its order from (seed, rank, batch), so a resumed loader with a
+    large buffer of waiting pieces continues with the very same batches."""
+    out, _ = data_corpus
+    cfg = _cfg(out, pack_order="random", pack_buffer_factor=8.0, pack_parts=1)
+    full = _take(build_pretraining_dataloader(cfg, device_batch_size=B), 10)
+    first = build_pretraining_dataloader(cfg, device_batch_size=B)
+    _take(first, 6)
+    resumed = build_pretraining_dataloader(cfg, device_batch_size=B)
+    resumed.load_state_dict(first.state_dict())
+    assert _same(_take(resumed, 4), full[6:])
+    assert not _same(full, _take(build_pretraining_dataloader(_cfg(out, pack_parts=1), device_batch_size=B), 10))
+
+
 def test_workers_do_not_change_batches(data_corpus):
     out, _ = data_corpus
     a = _take(build_pretraining_dataloader(_cfg(out, num_workers=0), device_batch_size=B), 8)
@@ -218,6 +232,8 @@ def test_truncated_and_corrupted_shards(data_corpus, tmp_path):
     ({"streams": {"web": StreamConfig(local="x")}, "mlm_probability": 1.5}, r"data\.mlm_probability: 1\.5"),
     ({"streams": {"web": StreamConfig(local="x")}, "num_workers": 3}, r"data\.pack_parts: 4 must be .* divisible"),
     ({"streams": {"web": StreamConfig(local="x")}, "batch_warmup_min_rows": 0}, r"data\.batch_warmup_min_rows: 0"),
+    ({"streams": {"web": StreamConfig(local="x")}, "pack_order": "shortest"},
+     r"data\.pack_order: 'shortest' must be 'longest' or 'random'"),
 ])
 def test_config_errors_name_the_path(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -84,3 +84,49 @@ def test_masking_statistics_on_100k_tokens():
     assert changed.sum() / chosen.sum() == pytest.approx(0.1, abs=0.01)
     assert not np.isin(masked[changed], special).any()
     assert (masked[~chosen] == ids[~chosen]).all()
+
+
+def test_best_fit_random_order_ignores_length_but_keeps_priority():
+    lengths, ties = [16, 4, 16, 4], [0.9, 0.1, 0.2, 0.8]
+    where, _ = best_fit(lengths, [False] * 4, 1, 16, ties)  # longest first: the 16 with tie 0.2
+    assert where == [-1, -1, 0, -1]
+    where, _ = best_fit(lengths, [False] * 4, 1, 16, ties, longest_first=False)
+    assert where == [-1, 0, -1, 0]  # 4 (tie 0.1) then the other 4 (0.8); no 16 fits after them
+    where, _ = best_fit(lengths, [True, False, False, False], 1, 16, ties, longest_first=False)
+    assert where == [0, -1, -1, -1]  # a piece that waited too long still goes first
+
+
+class _Orders:
+    def get(self, epoch):
+        return np.arange(40)
+
+
+def _documents_per_batch(monkeypatch, longest_first, buffer_factor, pieces=4, row_len=16):
+    """A finite partition of 40 documents of `pieces` full rows each (every token of a document
+    is its id): the documents of each batch of 8 rows."""
+    import flexbert.data.dataset as dataset_mod
+
+    monkeypatch.setattr(dataset_mod, "read_tokens",
+                        lambda docs, sid: np.full(pieces * row_len, sid + 10, dtype=np.int64))
+    part = dataset_mod.Partition(None, _Orders(), 0, 1, row_len, infinite=False,
+                                 longest_first=longest_first)
+    batches, k = [], 0
+    while (rows := part.next_rows(8, buffer_factor, 3, np.random.default_rng(k))) is not None:
+        batches.append([int(piece[0]) - 10 for row in rows for piece in row])
+        k += 1
+    return batches
+
+
+def test_random_order_from_a_large_buffer_spreads_documents_and_loses_no_piece(monkeypatch):
+    tight = _documents_per_batch(monkeypatch, True, 1.0)
+    spread = _documents_per_batch(monkeypatch, False, 8.0)
+    # a 1-batch buffer: each batch of 8 rows is two documents' 4 pieces
+    assert all(len(set(b)) == 2 for b in tight)
+    # random order over 8 batches' worth of pieces: batches mix many documents, and a
+    # document's pieces are spread over more than its 4 batches' neighbourhood
+    assert sum(len(set(b)) for b in spread) / len(spread) >= 5
+    first = {d: min(i for i, b in enumerate(spread) if d in b) for d in range(40)}
+    last = {d: max(i for i, b in enumerate(spread) if d in b) for d in range(40)}
+    assert max(last[d] - first[d] for d in range(40)) >= 4
+    for batches in (tight, spread):
+        assert sorted(d for b in batches for d in b) == sorted(list(range(40)) * 4)  # each once

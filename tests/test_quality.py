@@ -95,3 +95,27 @@ def test_sample_built_with_other_settings_is_rebuilt(tmp_path):
     stats = build_sample(str(out), max_bytes=60_000, progress=False)
     assert stats["max_doc_tokens"] == 512
     assert json.loads((out / "sample.json").read_text())["max_doc_tokens"] == 512
+
+
+def test_verdict_takes_the_worst_mean_difference_and_its_standard_error(quality_bench):
+    curve = [{"tokens": 100, "diff": [0.10, -0.06, 0.02]},   # mean +0.02
+             {"tokens": 200, "diff": [0.09, 0.05, 0.07]}]    # mean +0.07: the worst
+    v = quality_bench.verdict(curve)
+    assert v["worst_tokens"] == 200 and v["worst_mean_diff"] == pytest.approx(0.07)
+    assert v["standard_error"] == pytest.approx(0.02 / math.sqrt(3)) and not v["met"]
+    assert quality_bench.verdict(curve[:1])["met"]
+
+
+def test_factor_rows_compare_each_seed_with_the_recipe_on_that_seed(quality_bench):
+    def cell(seed, losses, side="flex", overrides=()):
+        return {"side": side, "corpus": "c", "seed": seed, "overrides": list(overrides),
+                "points": [{"tokens": t, "loss": x} for t, x in zip((10, 20), losses)]}
+
+    main = [cell(17, (6.0, 5.0)), cell(18, (6.0, 5.4)), cell(17, (6.0, 4.9), "plain"),
+            cell(18, (6.0, 5.3), "plain")]
+    name, overrides = next(iter(quality_bench.FACTORS.items()))
+    factors = [cell(17, (6.0, 5.1), overrides=overrides), cell(18, (6.0, 5.5), overrides=overrides)]
+    table = quality_bench.factor_table(main, factors, [], "c")
+    assert table["tokens"] == 20 and table["noise"] == pytest.approx(0.4 / math.sqrt(2))
+    assert table["rows"][name]["diff"] == pytest.approx(0.1)  # +0.1 on each seed, whatever its level
+    assert table["rows"]["plain loop (reference)"]["diff"] == pytest.approx(-0.1)

@@ -61,16 +61,22 @@ def test_publish_every_must_be_a_time_string():
 
 
 def test_tiny_learns_per_token_and_base_large_keep_the_recipe():
-    """bench/quality.py: at the tiny scale a batch-size warmup and global-norm clipping on top of
-    StableAdamW's update clipping cost loss per token, so tiny has neither; base and large keep
-    the recipe's batch-size warmup, and no phase-1 recipe clips gradients (ModernBERT's public
-    pretraining config has no gradient clipping: StableAdamW clips updates instead)."""
-    tiny = load_recipe(CONFIGS / "tiny.yaml").cfg
-    assert tiny.batch.warmup_start is None and tiny.trainer.grad_clip_norm == 0.0
-    assert tiny.optimizer.name == "stable_adamw"
-    assert (tiny.optimizer.betas, tiny.optimizer.eps, tiny.optimizer.weight_decay) == (
-        [0.9, 0.98], 1e-6, 1e-5)
+    """bench/quality.py: at the tiny scale a batch-size warmup, global-norm clipping, StableAdamW's
+    update clipping and longest-first packing from a 2-batch buffer each cost loss per token, so
+    tiny has none of them (optimi AdamW: the same optimizer without the update clipping; pieces in
+    random order from a 128-batch buffer, in every tiny phase); base and large keep the recipe's
+    StableAdamW, batch-size warmup and packing, and no phase-1 recipe clips gradients."""
+    for name in ("tiny.yaml", "tiny_context_extension.yaml", "tiny_decay.yaml"):
+        tiny = load_recipe(CONFIGS / name)
+        assert tiny.cfg.optimizer.name == "optimi_adamw"
+        assert (tiny.cfg.optimizer.betas, tiny.cfg.optimizer.eps) == ([0.9, 0.98], 1e-6)
+        assert (tiny.data.pack_order, tiny.data.pack_buffer_factor) == ("random", 128.0)
+    tiny = load_recipe(CONFIGS / "tiny.yaml")
+    assert tiny.cfg.batch.warmup_start is None and tiny.cfg.trainer.grad_clip_norm == 0.0
+    assert tiny.cfg.optimizer.weight_decay == 1e-5
     for name, start in (("base.yaml", 768), ("large.yaml", 448)):
-        cfg = load_recipe(CONFIGS / name).cfg
+        recipe = load_recipe(CONFIGS / name)
+        cfg = recipe.cfg
         assert cfg.batch.warmup_start == start and cfg.trainer.grad_clip_norm == 0.0
         assert cfg.optimizer.name == "stable_adamw"
+        assert (recipe.data.pack_order, recipe.data.pack_buffer_factor) == ("longest", 2.0)

@@ -45,6 +45,10 @@ class DataConfig:
     pack_parts: int = 4  # packing partitions per rank; num_workers must divide it (0 counts as 1)
     pack_buffer_factor: float = 2.0  # documents held for best fit, in multiples of one batch's tokens
     pack_max_wait: int = 3  # batches a leftover document may wait before it is placed first
+    # Best fit takes the longest waiting piece first (tightest packing), or pieces in a "random"
+    # order: with a buffer of many batches that spreads a document's pieces over many batches,
+    # which small batches learn from better (configs/tiny.yaml, bench/quality.py).
+    pack_order: str = "longest"
     batch_warmup_min_rows: Optional[int] = None  # per-device rows at step 0; None = no warmup
     batch_warmup_tokens: int = 0  # global tokens over which rows grow to the device batch size
     num_canonical_nodes: int = 1
@@ -106,6 +110,8 @@ def _validate_numbers(cfg: DataConfig, path: str) -> None:
         _fail(f"{path}.num_workers", f"{cfg.num_workers} must be >= 0")
     if cfg.pack_parts < 1 or cfg.pack_parts % max(cfg.num_workers, 1):
         _fail(f"{path}.pack_parts", f"{cfg.pack_parts} must be >= 1 and divisible by num_workers ({cfg.num_workers})")
+    if cfg.pack_order not in ("longest", "random"):
+        _fail(f"{path}.pack_order", f"{cfg.pack_order!r} must be 'longest' or 'random'")
     if cfg.pack_buffer_factor < 1.0:
         _fail(f"{path}.pack_buffer_factor", f"{cfg.pack_buffer_factor} must be >= 1")
     if cfg.shuffle_algo not in ("py1e", "py1br", "py1b", "py1s", "py2s", "naive"):

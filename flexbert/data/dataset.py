@@ -52,9 +52,9 @@ class Partition:
     """One packing partition: its slice of each epoch, a cursor, and leftover pieces."""
 
     def __init__(self, docs: Documents, orders: _Orders, index: int, total: int, row_len: int, infinite: bool,
-                 state: Optional[dict] = None):
+                 state: Optional[dict] = None, longest_first: bool = True):
         self.docs, self.orders, self.index, self.total = docs, orders, index, total
-        self.row_len, self.infinite = row_len, infinite
+        self.row_len, self.infinite, self.longest_first = row_len, infinite, longest_first
         state = state or fresh_part()
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self.pending = [list(map(int, p)) for p in state["pending"]]  # [sample id, start, stop, age]
@@ -121,13 +121,19 @@ class Partition:
                 return
             have += sum(b - a for _, a, b, _ in self.pending[n:])
 
-    def next_rows(self, n_rows: int, buffer_factor: float, max_wait: int) -> Optional[list]:
-        """Best-fit `n_rows` rows from the buffer; None once a finite partition is used up."""
+    def next_rows(self, n_rows: int, buffer_factor: float, max_wait: int,
+                  rng: np.random.Generator) -> Optional[list]:
+        """Best-fit `n_rows` rows from the buffer; None once a finite partition is used up.
+
+        Pieces go longest first, or (pack_order=random) in an order drawn from `rng`, so that
+        with a large buffer a document's pieces are spread over many batches (see DataConfig)."""
         self._fill(int(buffer_factor * n_rows * self.row_len))
         if not self.pending:
             return None
         lengths = [b - a for _, a, b, _ in self.pending]
-        where, _ = best_fit(lengths, [p[3] >= max_wait for p in self.pending], n_rows, self.row_len)
+        aged = [p[3] >= max_wait for p in self.pending]
+        where, _ = best_fit(lengths, aged, n_rows, self.row_len, rng.random(len(lengths)),
+                            self.longest_first)
         rows: list[list[np.ndarray]] = [[] for _ in range(n_rows)]
         keep_p, keep_t = [], []
         for i, r in enumerate(where):
@@ -186,9 +192,12 @@ class PackedMLMDataset(IterableDataset):
             v = k % n_parts
             if v not in parts:
                 parts[v] = Partition(self.docs, orders, self.rank * n_parts + v, self.world_size * n_parts,
-                                     self.max_seq_len, self.infinite, start["parts"].get(v))
+                                     self.max_seq_len, self.infinite, start["parts"].get(v),
+                                     self.cfg.pack_order == "longest")
             if v not in done:
-                rows = parts[v].next_rows(self.schedule.rows(k), self.cfg.pack_buffer_factor, self.cfg.pack_max_wait)
+                rng = np.random.default_rng([self.cfg.seed, self.rank, k, 2])  # (seed, rank, batch)
+                rows = parts[v].next_rows(self.schedule.rows(k), self.cfg.pack_buffer_factor,
+                                          self.cfg.pack_max_wait, rng)
                 if rows is None:
                     done.add(v)
                 else:

@@ -15,13 +15,18 @@ import torch
 IGNORE_INDEX = -100
 
 
-def best_fit(lengths: Sequence[int], priority: Sequence[bool], n_rows: int, row_len: int):
-    """Place pieces (each <= row_len) into rows, tightest fitting row first, longest piece first.
+def best_fit(lengths: Sequence[int], priority: Sequence[bool], n_rows: int, row_len: int,
+             tie_break: Optional[Sequence[float]] = None, longest_first: bool = True):
+    """Place pieces (each <= row_len) into rows, tightest fitting row first, longest piece first
+    (or, with `longest_first=False`, in `tie_break` order whatever their length).
 
     Pieces flagged in `priority` (they waited too long) go before all others, which bounds how
-    long any piece can be left over. Returns (row index per piece or -1, tokens per row).
+    long any piece can be left over. Pieces of equal length go in `tie_break` order (default:
+    as given). Returns (row index per piece or -1, tokens per row).
     """
-    order = sorted(range(len(lengths)), key=lambda i: (not priority[i], -lengths[i], i))
+    ties = tie_break if tie_break is not None else range(len(lengths))
+    sign = -1 if longest_first else 0
+    order = sorted(range(len(lengths)), key=lambda i: (not priority[i], sign * lengths[i], ties[i], i))
     free = [(row_len, r) for r in range(n_rows)]  # sorted by remaining capacity, then row
     where = [-1] * len(lengths)
     for i in order:
