@@ -82,7 +82,7 @@ def test_base_figures_match_a_hand_calculation():
     gpus = parse_gpus("1xH100")
     phase_figures(plan, recipe, gpus, mfu=0.5)
     assert plan.parameters == params
-    assert plan.optimizer_state_bytes == params * 8  # StableAdamW: two fp32 moments
+    assert plan.optimizer_state_bytes == params * 8  # optimi AdamW (tiny's): two fp32 moments
     assert plan.state_bytes == params * 16           # + fp32 weights and gradients
     assert plan.flops_per_token == pytest.approx(6 * macs) and round(6 * macs) == 1_536_672
     assert plan.steps == 245 and plan.tokens == 245 * 32 * 128  # ceil(1e6 / 4096) full steps
@@ -92,7 +92,7 @@ def test_base_figures_match_a_hand_calculation():
 
 
 def test_batch_warmup_adds_steps():
-    # 800 steps, rows 8 -> 32 over the first 200k tokens (base's warmup; tiny ships without)
+    # 800 steps, rows 8 -> 32 over the first 200k tokens (tiny's warmup, set explicitly)
     recipe = load_recipe(TINY, ["batch.warmup_start=8", "batch.warmup_tokens=200000"])
     plan = PhasePlan(recipe=str(TINY), phase="tiny")
     phase_figures(plan, recipe, parse_gpus("1xH100"), mfu=0.5)

@@ -61,18 +61,19 @@ def test_publish_every_must_be_a_time_string():
 
 
 def test_tiny_learns_per_token_and_base_large_keep_the_recipe():
-    """bench/quality.py: at the tiny scale a batch-size warmup, global-norm clipping, StableAdamW's
-    update clipping and longest-first packing from a 2-batch buffer each cost loss per token, so
-    tiny has none of them (optimi AdamW: the same optimizer without the update clipping; pieces in
-    random order from a 128-batch buffer, in every tiny phase); base and large keep the recipe's
-    StableAdamW, batch-size warmup and packing, and no phase-1 recipe clips gradients."""
+    """bench/quality.py: at the tiny scale StableAdamW's update clipping and longest-first packing
+    from a 2-batch buffer cost loss per token, so tiny has neither (optimi AdamW: the same
+    optimizer without the update clipping; pieces in random order from a 128-batch buffer, in
+    every tiny phase), and keeps the recipe's batch-size warmup, scaled; base and large keep the
+    recipe's StableAdamW, batch-size warmup and packing; no phase-1 recipe clips gradients."""
     for name in ("tiny.yaml", "tiny_context_extension.yaml", "tiny_decay.yaml"):
         tiny = load_recipe(CONFIGS / name)
         assert tiny.cfg.optimizer.name == "optimi_adamw"
         assert (tiny.cfg.optimizer.betas, tiny.cfg.optimizer.eps) == ([0.9, 0.98], 1e-6)
         assert (tiny.data.pack_order, tiny.data.pack_buffer_factor) == ("random", 128.0)
     tiny = load_recipe(CONFIGS / "tiny.yaml")
-    assert tiny.cfg.batch.warmup_start is None and tiny.cfg.trainer.grad_clip_norm == 0.0
+    assert (tiny.cfg.batch.warmup_start, tiny.cfg.batch.warmup_tokens) == (8, 200_000)
+    assert tiny.cfg.trainer.grad_clip_norm == 0.0
     assert tiny.cfg.optimizer.weight_decay == 1e-5
     for name, start in (("base.yaml", 768), ("large.yaml", 448)):
         recipe = load_recipe(CONFIGS / name)
