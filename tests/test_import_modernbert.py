@@ -187,7 +187,11 @@ callbacks:
 """
 
 
-THEIR_BATCH = ["batch.warmup_start=8", "batch.warmup_tokens=200000", "trainer.grad_clip_norm=1.0"]
+# What their YAML's run does where configs/tiny.yaml differs: StableAdamW and longest-first packing
+# from a 2-batch buffer (tiny uses optimi AdamW and random order from 128 batches).
+THEIR_RUN = ["optimizer.name=stable_adamw", "data.pack_order=longest", "data.pack_buffer_factor=2"]
+THEIR_BATCH = ["batch.warmup_start=8", "batch.warmup_tokens=200000", "trainer.grad_clip_norm=1.0",
+               *THEIR_RUN]
 RUN = ["trainer.eval_subset_num_batches=1", "export.hf_folder=null", "max_duration=4ba",
        "trainer.console_log_interval=1000ba", "trainer.progress_bar=false"]
 
@@ -210,7 +214,7 @@ def native(sample_corpus, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("native")
     assert train([TINY, f"data_dir={sample_corpus}", f"save_folder={folder}", "run_name=t",
                   "max_duration=2ba", "save_interval=2ba", "trainer.precision=fp32",
-                  *RUN[:2], *RUN[3:]]) == 0
+                  *THEIR_RUN, *RUN[:2], *RUN[3:]]) == 0
     return folder / "ep0-ba2-rank0.pt"
 
 
@@ -261,7 +265,7 @@ def test_converted_checkpoint_resumes_like_the_native_run(native, converted, sam
     assert train([str(recipe), f"save_folder={mine}", *RUN]) == 0
     ref = tmp_path / "reference"
     # the reference runs the tiny recipe with the settings their YAML carries (batch-size warmup
-    # 8 rows over 200k tokens, clipping at 1.0), which configs/tiny.yaml no longer has
+    # 8 rows over 200k tokens, clipping at 1.0, StableAdamW, longest-first packing)
     assert train([TINY, f"data_dir={sample_corpus}", f"save_folder={ref}", "run_name=t",
                   "trainer.precision=fp32", f"load_path={reference_checkpoint(native, tmp_path)}",
                   *THEIR_BATCH, *RUN]) == 0
