@@ -117,7 +117,7 @@ def test_second_run_does_no_work_and_unfinished_run_resumes(finished, capsys):
     assert "0 trained, 4 already finished" in printed and f"{victim.name}: training" not in printed
     assert metric_lines(out) == before
     assert (victim / "sweep_done.json").is_file()
-    table = [[c.strip() for c in line.strip("|").split("|")]
+    table = [[c.strip().strip("*") for c in line.strip("|").split("|")]  # the best run is bold
              for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
     header = next(r for r in table if "wall_s" in r)
     row = next(r for r in table if victim.name in r)
