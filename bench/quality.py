@@ -242,7 +242,6 @@ def flex_run(data_dir: Path, seed: int, overrides: list[str], steps: int, every:
     args = [f"data_dir={data_dir}", f"seed={seed}", f"data.seed={seed}", f"run_name=q{seed}",
             f"save_folder={folder}", f"max_duration={steps}ba", f"save_interval={every}ba",
             "save_num_checkpoints_to_keep=-1", f"eval_interval={steps}ba",
-            f"data.cache_dir={folder}/shards",  # own shard cache: parallel runs share no shm names
             "trainer.progress_bar=false", "restart=true", *overrides]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     started = time.time()
