@@ -25,6 +25,8 @@ from flexbert.data.documents import Documents
 from flexbert.data.streams import epoch_order, stream_formats
 
 META_KEY = "_flexbert_state"
+# RNG streams keyed (seed, rank, batch, stream): masking uses 0 (train) and 1 (val), packing order 2.
+PACK_STREAM = 2
 STATE_VERSION = 1
 
 
@@ -195,7 +197,7 @@ class PackedMLMDataset(IterableDataset):
                                      self.max_seq_len, self.infinite, start["parts"].get(v),
                                      self.cfg.pack_order == "longest")
             if v not in done:
-                rng = np.random.default_rng([self.cfg.seed, self.rank, k, 2])  # (seed, rank, batch)
+                rng = np.random.default_rng([self.cfg.seed, self.rank, k, PACK_STREAM])
                 rows = parts[v].next_rows(self.schedule.rows(k), self.cfg.pack_buffer_factor,
                                           self.cfg.pack_max_wait, rng)
                 if rows is None:
